@@ -1,0 +1,79 @@
+"""Ranking losses over a sampled score matrix (Hidasi et al. 2016; Hidasi & Karatzoglou 2018).
+
+Every loss takes the same three tensors:
+
+* ``positive`` (B,): the score of each row's target item;
+* ``scores`` (B, K): the scores of the K sampled columns (the mini-batch targets, then the extra samples);
+* ``negatives`` (B, K) bool: which columns count as negatives for each row. A column holding the row's own
+  target item (its diagonal, or the same item sampled again) is not a negative.
+
+Rows without any negative carry no ranking signal and are left out of the mean (see :func:`sampled_loss`).
+Every formula is written in the log domain or with saturating functions, so scores of any size stay finite.
+"""
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("TOP1", "BPR", "TOP1-max", "BPR-max", "CE")
+
+
+def _masked_mean(values, mask):
+    return (values * mask).sum(1) / mask.sum(1)
+
+
+def _masked_log_softmax(scores, mask):
+    return torch.log_softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+
+
+def top1(positive, scores, negatives):
+    """TOP1 (ICLR 2016, eq. 4): mean over negatives of sigmoid(r_j - r_i) + sigmoid(r_j^2)."""
+    per_pair = torch.sigmoid(scores - positive[:, None]) + torch.sigmoid(scores**2)
+    return _masked_mean(per_pair, negatives)
+
+
+def bpr(positive, scores, negatives):
+    """BPR (ICLR 2016, eq. 3): mean over negatives of -log sigmoid(r_i - r_j)."""
+    return _masked_mean(-F.logsigmoid(positive[:, None] - scores), negatives)
+
+
+def top1_max(positive, scores, negatives):
+    """TOP1-max (CIKM 2018): TOP1 with each negative weighted by its softmax score among the negatives."""
+    weights = _masked_log_softmax(scores, negatives).exp()
+    per_pair = torch.sigmoid(scores - positive[:, None]) + torch.sigmoid(scores**2)
+    return (weights * per_pair).sum(1)
+
+
+def bpr_max(positive, scores, negatives, bpreg):
+    """BPR-max (CIKM 2018): -log sum_j s_j sigmoid(r_i - r_j) + bpreg * sum_j s_j r_j^2, s = softmax over negatives."""
+    log_weights = _masked_log_softmax(scores, negatives)
+    ranking = -torch.logsumexp(log_weights + F.logsigmoid(positive[:, None] - scores), dim=1)
+    regularizer = (log_weights.exp() * scores**2).sum(1)
+    return ranking + bpreg * regularizer
+
+
+def cross_entropy(positive, scores, negatives):
+    """Sampled softmax cross-entropy: -log softmax of the target among itself and its negatives."""
+    logits = torch.cat([positive[:, None], scores.masked_fill(~negatives, float("-inf"))], dim=1)
+    return torch.logsumexp(logits, dim=1) - positive
+
+
+def sampled_loss(loss_type, positive, scores, negatives, bpreg=0.0):
+    """Mean loss of ``loss_type`` (one of :data:`LOSS_TYPES`) over the rows that have at least one negative."""
+    has_negative = negatives.any(1)
+    # A row without negatives gets every column as a stand-in mask, so its (discarded) value stays finite;
+    # this keeps the step free of host/device synchronisation.
+    negatives = negatives | ~has_negative[:, None]
+    if loss_type == "TOP1":
+        per_row = top1(positive, scores, negatives)
+    elif loss_type == "BPR":
+        per_row = bpr(positive, scores, negatives)
+    elif loss_type == "TOP1-max":
+        per_row = top1_max(positive, scores, negatives)
+    elif loss_type == "BPR-max":
+        per_row = bpr_max(positive, scores, negatives, bpreg)
+    elif loss_type == "CE":
+        per_row = cross_entropy(positive, scores, negatives)
+    else:
+        raise ValueError(f"loss_type={loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+    weight = has_negative.to(per_row.dtype)
+    return (per_row * weight).sum() / weight.sum().clamp(min=1.0)

@@ -1,0 +1,118 @@
+"""GRU4RecPaper's options: their defaults (the YAML beside the model) and their validation.
+
+Validation runs before any data is loaded or any training starts, and stops at the first bad value with a
+one-line message naming the option, the value and what is allowed.
+"""
+
+import difflib
+import os
+import re
+
+import yaml
+
+from recbole_gru4rec.errors import UsageError
+from recbole_gru4rec.losses import LOSS_TYPES
+from recbole_gru4rec.session_data import SESSION_ORDERS
+
+DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "GRU4RecPaper.yaml")
+LEARNERS = ("adagrad", "adagrad_momentum", "adam", "adamw", "sgd", "rmsprop")
+# Learners whose torch implementation accepts sparse gradients (see GRU4RecPaper.uses_sparse_gradients).
+SPARSE_LEARNERS = ("adagrad", "adagrad_momentum", "sgd")
+ACTIVATION_PATTERN = re.compile(r"^(tanh|linear|elu-(\d+(\.\d*)?|\.\d+))$")
+
+
+class OptionError(UsageError):
+    """A configuration value that GRU4RecPaper cannot use."""
+
+
+def load_defaults():
+    """The default value of every GRU4RecPaper option, read from GRU4RecPaper.yaml."""
+    with open(DEFAULTS_FILE, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int_at_least(minimum):
+    return lambda v: _is_int(v) and v >= minimum, f"an integer >= {minimum}"
+
+
+def _number_in(low, high=None, high_open=True):
+    def check(v):
+        if not _is_number(v) or v != v or v < low:
+            return False
+        return high is None or (v < high if high_open else v <= high)
+
+    allowed = f"a number >= {low}" if high is None else f"a number in [{low}, {high}{')' if high_open else ']'}"
+    return check, allowed
+
+
+def _one_of(choices):
+    return lambda v: v in choices, "one of " + ", ".join(choices)
+
+
+CHECKS = {
+    "hidden_size": _int_at_least(1),
+    "num_layers": _int_at_least(1),
+    "embedding_size": _int_at_least(0),
+    "constrained_embedding": (lambda v: isinstance(v, bool), "True or False"),
+    "ff_hidden_size": _int_at_least(0),
+    "dropout_prob_input": _number_in(0.0, 1.0),
+    "dropout_prob_hidden": _number_in(0.0, 1.0),
+    "final_activation": (lambda v: isinstance(v, str) and bool(ACTIVATION_PATTERN.match(v)), "tanh, linear or elu-<alpha>"),
+    "loss_type": _one_of(LOSS_TYPES),
+    "n_sample": _int_at_least(0),
+    "sample_alpha": _number_in(0.0),
+    "bpreg": _number_in(0.0),
+    "logq": _number_in(0.0),
+    "session_order": _one_of(SESSION_ORDERS),
+    "learner": (lambda v: isinstance(v, str) and v.lower() in LEARNERS, "one of " + ", ".join(LEARNERS)),
+    "momentum": _number_in(0.0, 1.0),
+    "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "train_batch_size": _int_at_least(1),
+}
+
+
+def validate(config):
+    """Raise :class:`OptionError` at the first GRU4RecPaper option of ``config`` that is out of range."""
+    for name, (check, allowed) in CHECKS.items():
+        value = config[name]
+        if not check(value):
+            raise OptionError(f"GRU4RecPaper option {name}={value!r} is not allowed: expected {allowed}")
+    if config["embedding_size"] > 0 and config["constrained_embedding"]:
+        raise OptionError(
+            f"GRU4RecPaper options embedding_size={config['embedding_size']} and constrained_embedding=True "
+            "exclude each other: the shared embedding has the size of the output layer; set embedding_size: 0"
+        )
+    if config["logq"] > 0 and config["loss_type"] != "CE":
+        raise OptionError(f"GRU4RecPaper option logq={config['logq']} needs loss_type CE, got {config['loss_type']!r}")
+    if config["enable_amp"] or config["single_spec"] is False:
+        raise OptionError("GRU4RecPaper trains on one device in float32: set enable_amp: False and run one process")
+    weight_decay = config["weight_decay"] or 0.0
+    if not _is_number(weight_decay) or weight_decay < 0:
+        raise OptionError(f"option weight_decay={weight_decay!r} is not allowed: expected a number >= 0")
+    if weight_decay > 0 and config["learner"].lower() == "adagrad_momentum":
+        raise OptionError(f"option weight_decay={weight_decay} is not supported by learner adagrad_momentum; use 0")
+    if config["momentum"] > 0 and config["learner"].lower() != "adagrad_momentum":
+        raise OptionError(
+            f"GRU4RecPaper option momentum={config['momentum']} needs learner adagrad_momentum, got {config['learner']!r}"
+        )
+
+
+def misspelt_options(keys):
+    """(key, closest option) for each key that is no known option but looks like a misspelt GRU4RecPaper one."""
+    known = set(CHECKS) | set(load_defaults())
+    pairs = []
+    for key in keys:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+        if close:
+            pairs.append((key, close[0]))
+    return pairs

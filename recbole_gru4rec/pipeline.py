@@ -1,0 +1,178 @@
+"""One training run, the way RecBole's ``run_recbole`` does it, for plugin and built-in models alike.
+
+Config files are merged in this order (later wins): the model's defaults (GRU4RecPaper.yaml for plugin
+models; RecBole loads its own for built-ins), ``configs/sequential.yaml`` (the shared protocol),
+``configs/datasets/<dataset>.yaml`` when it exists, the user's ``--config_files``, then ``--key=value``.
+"""
+
+import os
+import resource
+import statistics
+import time
+import urllib.error
+import urllib.request
+from logging import getLogger
+
+import recbole
+import yaml
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_trainer, init_logger, init_seed
+
+from recbole_gru4rec import compat, options
+from recbole_gru4rec.errors import UsageError
+from recbole_gru4rec.trainer import SessionParallelTrainer
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+PROTOCOL_FILE = os.path.join(CONFIG_DIR, "sequential.yaml")
+# Resolved config values that a comparison between runs depends on; recorded in every result.
+COMPARED_KEYS = (
+    "seed", "MAX_ITEM_LIST_LENGTH", "eval_args", "metrics", "topk", "valid_metric", "stopping_step", "epochs",
+    "train_batch_size", "learner", "learning_rate", "weight_decay", "user_inter_num_interval",
+    "item_inter_num_interval", "val_interval", "device",
+)
+
+
+def dataset_config_file(dataset):
+    """configs/datasets/<dataset>.yaml, or None when the dataset has no file of its own."""
+    path = os.path.join(CONFIG_DIR, "datasets", f"{dataset}.yaml")
+    return path if os.path.exists(path) else None
+
+
+def build_config(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None):
+    """RecBole's Config for ``model`` on ``dataset``, validated before any data is read."""
+    model_cls = compat.model_class(model)
+    files = [options.DEFAULTS_FILE] if model in compat.plugin_models() else []
+    files.append(PROTOCOL_FILE)
+    files += [path for path in [dataset_config_file(dataset)] if path]
+    for path in config_files:
+        if not os.path.isfile(path):
+            raise UsageError(f"config file {path!r} does not exist")
+        files.append(path)
+    try:
+        with compat.recbole_argv():
+            config = Config(model=model_cls, dataset=dataset, config_file_list=files, config_dict=dict(overrides or {}))
+    except yaml.YAMLError as error:
+        raise UsageError(f"a config file is not valid YAML: {' '.join(str(error).split())}") from None
+    if model in compat.plugin_models():
+        options.validate(config)
+    return config
+
+
+def _recbole_download_url(dataset):
+    url_file = os.path.join(os.path.dirname(recbole.__file__), "properties", "dataset", "url.yaml")
+    with open(url_file, encoding="utf-8") as f:
+        return yaml.safe_load(f).get(dataset)
+
+
+def check_dataset_files(config):
+    """Fail fast, in one line, when the dataset's files are missing and cannot be downloaded."""
+    dataset = config["dataset"]
+    inter_file = os.path.join(config["data_path"], f"{dataset}.inter")
+    if os.path.isfile(inter_file):
+        return
+    url = _recbole_download_url(dataset)
+    parent = os.path.dirname(os.path.normpath(config["data_path"]))
+    where = f"put {dataset}.inter (RecBole atomic files) in {config['data_path']}/ or pass --data_path=DIR with DIR/{dataset}/{dataset}.inter"
+    if url is None:
+        raise UsageError(f"dataset {dataset!r} not found: no file {inter_file}; {where}")
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10).close()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise UsageError(f"dataset {dataset!r} is not in {parent or '.'}/ and cannot be downloaded ({reason}); {where}") from None
+
+
+def check_time_field(config, dataset):
+    """Sequential protocols order events by time: refuse a dataset without its time field."""
+    time_field = config["TIME_FIELD"]
+    if not time_field or time_field not in dataset.field2type:
+        raise UsageError(
+            f"dataset {config['dataset']!r} has no time field {time_field!r}: sequential models need it "
+            "(set TIME_FIELD and load it in load_col)"
+        )
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def trainer_class(config):
+    """SessionParallelTrainer for GRU4RecPaper, RecBole's own trainer for every other model."""
+    if config["model"] in compat.plugin_models():
+        return SessionParallelTrainer
+    return compat.with_safe_checkpoints(get_trainer(config["MODEL_TYPE"], config["model"]))
+
+
+def _time_epochs(trainer, seconds):
+    """Record the wall time of each training epoch (RecBole only logs it)."""
+    train_epoch = trainer._train_epoch
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        loss = train_epoch(*args, **kwargs)
+        seconds.append(time.perf_counter() - start)
+        return loss
+
+    trainer._train_epoch = timed
+
+
+def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None, saved=True):
+    """Train ``model`` on ``dataset`` with early stopping, evaluate on test, and return the result record."""
+    config = build_config(model, dataset, config_files, overrides)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    check_dataset_files(config)
+    data = create_dataset(config)
+    check_time_field(config, data)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    train_dataset = train_data._dataset
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_cls = compat.model_class(model)
+    network = model_cls(config, train_dataset).to(config["device"])
+    logger.info(network)
+    trainer = trainer_class(config)(config, network)
+    epoch_seconds = []
+    _time_epochs(trainer, epoch_seconds)
+
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=config["show_progress"])
+    test_start = time.perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_seconds = time.perf_counter() - test_start
+
+    n_events = len(train_dataset)  # one prefix-augmented row per training target, for every model alike
+    median_epoch = statistics.median(epoch_seconds) if epoch_seconds else float("nan")
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": float(best_valid_score),
+        "best_valid_result": {k: float(v) for k, v in (best_valid_result or {}).items()},
+        "test_result": {k: float(v) for k, v in (test_result or {}).items()},
+        "epochs": len(epoch_seconds),
+        "stopped_by": "early_stopping" if len(epoch_seconds) < config["epochs"] - trainer.start_epoch else "max_epochs",
+        "train_seconds_per_epoch": [round(s, 4) for s in epoch_seconds],
+        "train_seconds_total": round(sum(epoch_seconds), 4),
+        "train_events_per_epoch": n_events,
+        "train_events_per_second": round(n_events / median_epoch, 1),
+        "test_seconds": round(test_seconds, 4),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "checkpoint": trainer.saved_model_file if saved else None,
+        "config": comparison_config(config),
+    }
+
+
+def comparison_config(config):
+    """The resolved config values that matter when comparing runs, as plain JSON values."""
+    keys = list(COMPARED_KEYS)
+    if config["model"] in compat.plugin_models():
+        keys += [key for key in options.load_defaults() if key not in keys]
+    else:
+        keys += [key for key in ("embedding_size", "hidden_size", "num_layers", "n_layers", "n_heads",
+                                 "inner_size", "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob",
+                                 "loss_type") if key in config]
+    return {key: compat.plain(config[key]) for key in keys}

@@ -1,0 +1,37 @@
+"""Extra negative items drawn by popularity, shared by a whole mini-batch (Hidasi & Karatzoglou 2018, sec. 3.1)."""
+
+import torch
+
+
+class PopularitySampler:
+    """Draws ``n_sample`` items per step with probability proportional to ``support ** alpha``.
+
+    Items are drawn in blocks of many steps at once (one ``searchsorted`` over the cumulative distribution),
+    so a training step only slices a ready tensor. Items with zero support (the padding id 0 included) are
+    never drawn.
+    """
+
+    def __init__(self, item_support, n_sample, alpha, generator, device, steps_per_block=256):
+        weights = item_support.double().pow(alpha) * (item_support > 0)
+        if not bool((weights > 0).any()):
+            raise ValueError("cannot sample negatives: no item has a positive training support")
+        self.cumulative = (weights.cumsum(0) / weights.sum()).to(device)
+        self.last_drawable = int(weights.nonzero().max())
+        self.n_sample = n_sample
+        self.generator = generator
+        self.device = device
+        self.block_size = n_sample * steps_per_block
+        self.block = torch.empty(0, dtype=torch.long, device=device)
+        self.position = 0
+
+    def next(self):
+        """The extra negatives of one step: a LongTensor of ``n_sample`` item ids on the model's device."""
+        if self.position + self.n_sample > len(self.block):
+            uniform = torch.rand(self.block_size, generator=self.generator, dtype=torch.float64)
+            # right=True never lands on a zero-weight item, whose cumulative value equals its predecessor's.
+            self.block = torch.searchsorted(self.cumulative, uniform.to(self.device), right=True)
+            self.block.clamp_(max=self.last_drawable)
+            self.position = 0
+        sample = self.block[self.position : self.position + self.n_sample]
+        self.position += self.n_sample
+        return sample

@@ -1,0 +1,88 @@
+"""run.py as a user meets it: one-line errors before training, and baselines through the same pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, sessions_dataset_rows, write_inter
+from recbole_gru4rec.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A dataset of 40 users, 30 items and 8-20 events each, made for fast end-to-end runs."""
+    import random
+
+    rng = random.Random(0)
+    sessions = {user: [rng.randint(1, 30) for _ in range(rng.randint(8, 20))] for user in range(1, 41)}
+    folder = tmp_path_factory.mktemp("tiny")
+    write_inter(folder, "tiny", sessions_dataset_rows(sessions))
+    write_inter(folder, "notime", [(1, 2), (1, 3), (1, 4), (2, 3)], header="user_id:token\titem_id:token")
+    return str(folder)
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model=Foo"], "unknown model 'Foo'"),
+        (["--loss_type=HINGE"], "loss_type='HINGE' is not allowed: expected one of TOP1, BPR, TOP1-max, BPR-max, CE"),
+        (["--final_activation=relu"], "final_activation='relu' is not allowed: expected tanh, linear or elu-<alpha>"),
+        (["--train_batch_size=0"], "train_batch_size=0 is not allowed: expected an integer >= 1"),
+        (["--hidden_size=-5"], "hidden_size=-5 is not allowed: expected an integer >= 1"),
+        (["--n_sample=-1"], "n_sample=-1 is not allowed: expected an integer >= 0"),
+        (["--dropout_prob_hidden=1.5"], "dropout_prob_hidden=1.5 is not allowed: expected a number in [0.0, 1.0)"),
+        (["--logq=1.0"], "logq=1.0 needs loss_type CE"),
+        (["--config_files=nosuch.yaml"], "config file 'nosuch.yaml' does not exist"),
+        (["positional"], "argument 'positional' is not of the form --KEY=VALUE"),
+        (["--dataset=nosuch", "--data_path=/nonexistent"], "dataset 'nosuch' not found: no file /nonexistent/nosuch/nosuch.inter"),
+    ],
+)
+def test_bad_input_is_one_line_before_training(args, message, capsys):
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    assert err[-1].startswith("run.py: error: ") and message in err[-1]
+    assert "Traceback" not in "\n".join(err) and "training" not in out
+
+
+def test_dataset_without_time_field(tiny, capsys):
+    code, _, err = run_cli(["--dataset=notime", f"--data_path={tiny}"], capsys)
+    assert code == 2 and "dataset 'notime' has no time field 'timestamp'" in err[-1]
+
+
+def test_offline_ml1m_fails_fast_with_where_to_put_the_files(tmp_path):
+    start = time.perf_counter()
+    process = subprocess.run(
+        [sys.executable, "run.py", "--dataset=ml-1m", f"--data_path={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    lines = process.stderr.strip().splitlines()
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert lines[-1].startswith("run.py: error: dataset 'ml-1m'") and "--data_path=DIR" in lines[-1]
+    assert time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize("model", ["GRU4RecPaper", "SASRec"])
+def test_models_run_through_run_py_and_write_results(model, tiny, tmp_path):
+    result_file = tmp_path / "result.json"
+    process = subprocess.run(
+        [sys.executable, "run.py", f"--model={model}", "--dataset=tiny", f"--data_path={tiny}", "--epochs=1",
+         f"--result_file={result_file}", f"--checkpoint_dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    result = json.loads(result_file.read_text())
+    assert result["model"] == model and result["dataset"] == "tiny" and result["epochs"] == 1
+    assert set(result["test_result"]) == {f"{m}@{k}" for m in ("recall", "mrr", "ndcg", "hit") for k in (10, 20)}
+    assert len(result["train_seconds_per_epoch"]) == 1 and result["train_events_per_second"] > 0
+    assert result["peak_rss_mb"] > 0 and result["config"]["MAX_ITEM_LIST_LENGTH"] == 50
+    assert "ndcg@10" in process.stdout and os.path.isfile(result["checkpoint"])

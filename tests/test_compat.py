@@ -1,0 +1,94 @@
+"""The RecBole 1.2.1 compatibility fixes, each against the failure it prevents."""
+
+import io
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, build, write_inter
+from recbole_gru4rec import compat
+from recbole_gru4rec.errors import UsageError
+
+
+def test_too_new_numpy_or_pandas_is_a_clear_error():
+    with pytest.raises(compat.CompatibilityError, match="numpy 2.1.0 is installed"):
+        compat.check_library_versions(numpy_version="2.1.0", pandas_version="2.2.0")
+    with pytest.raises(compat.CompatibilityError, match="pandas 3.0.0 is installed"):
+        compat.check_library_versions(numpy_version="1.26.4", pandas_version="3.0.0")
+    compat.check_library_versions()  # the pinned environment passes
+
+
+def test_recbole_quick_start_imports():
+    """ray 2.6.3 (imported by recbole.quick_start) needs pkg_resources and numpy 1."""
+    process = subprocess.run([sys.executable, "-c", "import recbole.quick_start"], capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr[-1000:]
+
+
+def test_recbole_fills_missing_values(tmp_path):
+    """On pandas 3 RecBole's fillna(inplace=True) does nothing: missing floats would stay NaN."""
+    rows = [(1, 1, 10, "2.0"), (1, 2, 11, ""), (1, 3, 12, "4.0"), (2, 1, 13, "1.0"), (2, 3, 14, "")]
+    folder = write_inter(tmp_path, "gaps", rows, header="user_id:token\titem_id:token\ttimestamp:float\tscore:float")
+    _, data, _, _, _ = build("GRU4RecPaper", "gaps", folder, load_col={"inter": ["user_id", "item_id", "timestamp", "score"]})
+    assert not np.isnan(data.inter_feat["score"].numpy()).any()
+
+
+def test_checkpoints_load_weights_only_and_other_pickles_are_refused(tmp_path):
+    class Config:
+        final_config_dict = {"model": "GRU4RecPaper", "device": torch.device("cpu"), "seed": np.int64(3)}
+
+    class Holder(compat.SafeCheckpoints):
+        config = Config()
+        cur_step, best_valid_score = 0, np.float64(0.25)
+        model = torch.nn.Linear(2, 2)
+        model.other_parameter = lambda: None
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        saved_model_file = str(tmp_path / "model.pth")
+
+    Holder()._save_checkpoint(4, verbose=False)
+    checkpoint = torch.load(Holder.saved_model_file, weights_only=True)
+    assert checkpoint["epoch"] == 4 and checkpoint["config"]["device"] == "cpu" and checkpoint["config"]["seed"] == 3
+    assert not os.path.exists(Holder.saved_model_file + ".partial")
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    buffer = io.BytesIO()
+    torch.save({"config": Payload()}, buffer)
+    buffer.seek(0)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(buffer)
+
+
+def test_model_names_resolve_to_plugins_or_builtins():
+    from recbole.model.sequential_recommender import SASRec
+
+    from recbole_gru4rec import GRU4RecPaper
+
+    assert compat.model_class("GRU4RecPaper") is GRU4RecPaper
+    assert compat.model_class("SASRec") is SASRec
+    with pytest.raises(UsageError, match="unknown model 'Nope'"):
+        compat.model_class("Nope")
+    for name in compat.plugin_models():
+        assert compat._recbole_model(name) is None  # no plugin hides behind a built-in's name
+
+
+def test_our_command_line_does_not_leak_into_recbole_config(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run.py", "--result_file=x.json", "--hidden_size=7"])
+    from recbole_gru4rec import pipeline
+
+    config = pipeline.build_config("GRU4RecPaper", "ml-100k")
+    assert config["result_file"] is None and config["hidden_size"] == 100
+    assert os.path.samefile(pipeline.CONFIG_DIR, os.path.join(REPO, "configs"))
+
+
+def test_importing_recbole_models_leaves_anomaly_detection_off():
+    """RecBole's SINE module turns autograd anomaly detection on at import: every backward gets slower."""
+    from recbole.model.sequential_recommender import SINE, GRU4Rec  # noqa: F401
+
+    assert not torch.is_anomaly_enabled()

@@ -1,0 +1,90 @@
+"""Each loss against a plain-formula reference written with Python loops and the math module."""
+
+import math
+
+import pytest
+import torch
+
+from recbole_gru4rec.losses import LOSS_TYPES, sampled_loss
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def reference(loss_type, scores, negatives, bpreg):
+    """The papers' formulas, row by row; row i's target is column i; rows without negatives are skipped."""
+    row_losses = []
+    for i, row in enumerate(scores):
+        r_i = row[i]
+        neg = [row[j] for j in range(len(row)) if negatives[i][j]]
+        if not neg:
+            continue
+        if loss_type == "TOP1":
+            loss = sum(sigmoid(r_j - r_i) + sigmoid(r_j**2) for r_j in neg) / len(neg)
+        elif loss_type == "BPR":
+            loss = -sum(math.log(sigmoid(r_i - r_j)) for r_j in neg) / len(neg)
+        else:
+            z = sum(math.exp(r_j) for r_j in neg)
+            s = [math.exp(r_j) / z for r_j in neg]
+            if loss_type == "TOP1-max":
+                loss = sum(s_j * (sigmoid(r_j - r_i) + sigmoid(r_j**2)) for s_j, r_j in zip(s, neg))
+            elif loss_type == "BPR-max":
+                loss = -math.log(sum(s_j * sigmoid(r_i - r_j) for s_j, r_j in zip(s, neg)))
+                loss += bpreg * sum(s_j * r_j**2 for s_j, r_j in zip(s, neg))
+            else:  # CE: softmax of the target among itself and its negatives
+                loss = -math.log(math.exp(r_i) / (math.exp(r_i) + z))
+        row_losses.append(loss)
+    return sum(row_losses) / len(row_losses)
+
+
+def random_case(seed, rows=5, extra=4):
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(rows, rows + extra, generator=generator, dtype=torch.float64) * 2
+    items = torch.randint(1, 6, (rows + extra,), generator=generator)  # small id range: duplicates happen
+    negatives = items[None, :] != items[:rows, None]
+    return scores, negatives
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_loss_matches_plain_formula(loss_type, seed):
+    scores, negatives = random_case(seed)
+    got = sampled_loss(loss_type, scores.diagonal(), scores, negatives, bpreg=0.7)
+    expected = reference(loss_type, scores.tolist(), negatives.tolist(), 0.7)
+    assert got.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_row_without_negatives_is_left_out_and_gets_no_gradient(loss_type):
+    scores = torch.tensor([[1.0, 2.0, -1.0], [0.5, -0.3, 0.2]], dtype=torch.float64, requires_grad=True)
+    negatives = torch.tensor([[False, False, False], [True, False, True]])
+    loss = sampled_loss(loss_type, scores.diagonal(), scores, negatives, bpreg=1.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(reference(loss_type, scores.tolist(), negatives.tolist(), 1.0))
+    assert torch.all(scores.grad[0] == 0)
+    assert torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_batch_without_any_negative_gives_zero_loss(loss_type):
+    scores = torch.tensor([[3.0]], requires_grad=True)
+    loss = sampled_loss(loss_type, scores.diagonal(), scores, torch.tensor([[False]]))
+    loss.backward()
+    assert loss.item() == 0.0 and scores.grad.item() == 0.0
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("magnitude", [1e4, -1e4])
+def test_large_scores_stay_finite(loss_type, magnitude):
+    scores = torch.tensor([[magnitude, -magnitude, magnitude / 2], [magnitude, -magnitude, 0.0]], requires_grad=True)
+    negatives = torch.tensor([[False, True, True], [True, False, True]])
+    loss = sampled_loss(loss_type, scores.diagonal(), scores, negatives, bpreg=1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(scores.grad).all()
+
+
+def test_unknown_loss_type_is_refused():
+    scores, negatives = random_case(0)
+    with pytest.raises(ValueError, match="loss_type='HINGE'"):
+        sampled_loss("HINGE", scores.diagonal(), scores, negatives)
