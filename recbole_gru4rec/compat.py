@@ -14,6 +14,8 @@
 * Importing RecBole's sequential models runs ``torch.autograd.set_detect_anomaly(True)`` (in its SINE
   module), which slows every later backward pass of the process several times over, RecBole's own
   baselines included. The package imports them once here and switches anomaly detection back off.
+* RecBole 1.2.1 picks CUDA whenever it is present and ignores ``use_gpu``; :func:`honour_use_gpu` puts a
+  ``use_gpu: False`` run on the CPU.
 * ``get_model`` only knows built-in models: :func:`model_class` resolves plugin models first and refuses a
   plugin whose name is also a built-in (it would silently run the built-in).
 """
@@ -105,6 +107,13 @@ def with_safe_checkpoints(trainer_cls):
     if issubclass(trainer_cls, SafeCheckpoints):
         return trainer_cls
     return type(trainer_cls.__name__, (SafeCheckpoints, trainer_cls), {"__doc__": trainer_cls.__doc__})
+
+
+def honour_use_gpu(config):
+    """Run on the CPU when the config says ``use_gpu: False`` (RecBole 1.2.1 would still take CUDA)."""
+    if not config["use_gpu"]:
+        config["device"] = torch.device("cpu")
+    return config
 
 
 @contextlib.contextmanager

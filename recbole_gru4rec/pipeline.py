@@ -54,6 +54,7 @@ def build_config(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overr
             config = Config(model=model_cls, dataset=dataset, config_file_list=files, config_dict=dict(overrides or {}))
     except yaml.YAMLError as error:
         raise UsageError(f"a config file is not valid YAML: {' '.join(str(error).split())}") from None
+    compat.honour_use_gpu(config)
     if model in compat.plugin_models():
         options.validate(config)
     return config
@@ -118,8 +119,11 @@ def _time_epochs(trainer, seconds):
     trainer._train_epoch = timed
 
 
-def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None, saved=True):
-    """Train ``model`` on ``dataset`` with early stopping, evaluate on test, and return the result record."""
+def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None, saved=True, evaluate_test=True):
+    """Train ``model`` on ``dataset`` with early stopping, evaluate on test, and return the result record.
+
+    ``evaluate_test=False`` leaves the test split untouched (hyperparameter search looks at validation only).
+    """
     config = build_config(model, dataset, config_files, overrides)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -142,7 +146,9 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
 
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=config["show_progress"])
     test_start = time.perf_counter()
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_result = None
+    if evaluate_test:
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_seconds = time.perf_counter() - test_start
 
     n_events = len(train_dataset)  # one prefix-augmented row per training target, for every model alike
@@ -155,6 +161,7 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},
         "epochs": len(epoch_seconds),
         "stopped_by": "early_stopping" if len(epoch_seconds) < config["epochs"] - trainer.start_epoch else "max_epochs",
+        "train_loss_per_epoch": [float(trainer.train_loss_dict[epoch]) for epoch in sorted(trainer.train_loss_dict)],
         "train_seconds_per_epoch": [round(s, 4) for s in epoch_seconds],
         "train_seconds_total": round(sum(epoch_seconds), 4),
         "train_events_per_epoch": n_events,

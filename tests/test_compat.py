@@ -92,3 +92,12 @@ def test_importing_recbole_models_leaves_anomaly_detection_off():
     from recbole.model.sequential_recommender import SINE, GRU4Rec  # noqa: F401
 
     assert not torch.is_anomaly_enabled()
+
+
+@pytest.mark.parametrize("use_gpu,expected", [(False, "cpu"), (True, "cuda")])
+def test_use_gpu_false_runs_on_the_cpu_even_with_cuda_present(monkeypatch, use_gpu, expected):
+    from recbole_gru4rec import pipeline
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    config = pipeline.build_config("GRU4RecPaper", "ml-100k", overrides={"use_gpu": use_gpu})
+    assert config["device"].type == expected

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_gru4rec import GRU4RecPaper
-from recbole_gru4rec.gru4rec_paper import final_activation
+from recbole_gru4rec.gru4rec_paper import GRUCell, final_activation
 
 
 def model_with(ml100k, **options):
@@ -113,3 +113,13 @@ def test_one_hot_input_dropout_drops_whole_rows(ml100k):
                                                  ("elu-0.5", -1.0, 0.5 * (math.exp(-1.0) - 1)), ("elu-2", 1.5, 1.5)])
 def test_final_activations(name, value, expected):
     assert final_activation(name)(torch.tensor(value)).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("hidden_needs_grad", [False, True])
+def test_gru_cell_backward_matches_numerical_derivatives(hidden_needs_grad):
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(4, 3 * 5, generator=generator, dtype=torch.float64, requires_grad=True),
+              torch.randn(4, 5, generator=generator, dtype=torch.float64, requires_grad=hidden_needs_grad),
+              torch.randn(3 * 5, 5, generator=generator, dtype=torch.float64, requires_grad=True),
+              torch.randn(3 * 5, generator=generator, dtype=torch.float64, requires_grad=True)]
+    assert torch.autograd.gradcheck(GRUCell.apply, inputs)

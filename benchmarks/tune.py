@@ -1,0 +1,93 @@
+"""Search GRU4RecPaper's options on the validation metric only (optuna TPE), one trial after another.
+
+Each finished trial is appended as one JSON line to the trials file, so a killed search loses nothing
+and a rerun continues from the trials already there. The test split is never looked at here.
+
+    python benchmarks/tune.py --dataset=ml-100k --trials=8 --epochs=15 --stopping_step=3
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import optuna
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recbole_gru4rec import pipeline  # noqa: E402
+
+# The search space: every value is a GRU4RecPaper option (see configs/GRU4RecPaper.yaml).
+SPACE = {
+    "loss_type": ["BPR-max", "CE", "TOP1-max", "TOP1", "BPR"],
+    "final_activation": ["linear", "elu-0.5", "elu-1", "tanh"],
+    "n_sample": [0, 128, 512, 2048],
+    "sample_alpha": [0.0, 0.25, 0.5, 0.75, 1.0],
+    "dropout_prob_hidden": [0.0, 0.1, 0.2, 0.3, 0.5],
+    "dropout_prob_input": [0.0, 0.1, 0.2],
+    "train_batch_size": [32, 64, 128, 256],
+    "momentum": [0.0, 0.3, 0.6, 0.9],
+    "constrained_embedding": [False, True],
+}
+LEARNING_RATE = (0.005, 0.3)
+
+
+def suggest(trial):
+    """One point of the search space."""
+    options = {name: trial.suggest_categorical(name, values) for name, values in SPACE.items()}
+    options["learning_rate"] = trial.suggest_float("learning_rate", *LEARNING_RATE, log=True)
+    options["learner"] = "adagrad_momentum" if options["momentum"] > 0 else "adagrad"
+    if options["loss_type"] != "CE":
+        options["momentum"], options["learner"] = 0.0, "adagrad"
+    return options
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--data_path", default=None)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--stopping_step", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the search (not of the training runs)")
+    parser.add_argument("--trials_file", default=None, help="default results/tuning-DATASET.jsonl")
+    args = parser.parse_args()
+    trials_file = args.trials_file or os.path.join("results", f"tuning-{args.dataset}.jsonl")
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
+    done = []
+    if os.path.exists(trials_file):
+        with open(trials_file, encoding="utf-8") as f:
+            done = [json.loads(line) for line in f if line.strip()]
+    for record in done:
+        study.add_trial(optuna.trial.create_trial(
+            params=record["params"], distributions=_distributions(), value=record["valid_ndcg@10"]))
+
+    def objective(trial):
+        options = suggest(trial)
+        overrides = {**options, "epochs": args.epochs, "stopping_step": args.stopping_step, "state": "WARNING"}
+        if args.data_path:
+            overrides["data_path"] = args.data_path
+        result = pipeline.run("GRU4RecPaper", args.dataset, overrides=overrides, saved=False, evaluate_test=False)
+        score = result["best_valid_result"]["ndcg@10"]
+        record = {"params": trial.params, "options": options, "valid_ndcg@10": score,
+                  "best_valid_result": result["best_valid_result"], "epochs": result["epochs"],
+                  "stopped_by": result["stopped_by"], "median_epoch_seconds": sorted(result["train_seconds_per_epoch"])[
+                      len(result["train_seconds_per_epoch"]) // 2]}
+        with open(trials_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"trial {len(done) + trial.number}: valid ndcg@10 {score:.4f} {options}", flush=True)
+        return score
+
+    study.optimize(objective, n_trials=max(0, args.trials - len(done)))
+    best = study.best_trial
+    print(f"best valid ndcg@10 {best.value:.4f} with {best.params}")
+
+
+def _distributions():
+    distributions = {name: optuna.distributions.CategoricalDistribution(values) for name, values in SPACE.items()}
+    distributions["learning_rate"] = optuna.distributions.FloatDistribution(*LEARNING_RATE, log=True)
+    return distributions
+
+
+if __name__ == "__main__":
+    main()
