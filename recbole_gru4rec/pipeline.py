@@ -56,6 +56,9 @@ def build_config(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overr
         raise UsageError(f"a config file is not valid YAML: {' '.join(str(error).split())}") from None
     compat.honour_use_gpu(config)
     if model in compat.plugin_models():
+        user_keys = [key for key in config.external_config_dict if key not in config.internal_config_dict]
+        for key, option in options.misspelt_options(user_keys):
+            getLogger().warning(f"config key {key!r} is no GRU4RecPaper or RecBole option: did you mean {option!r}?")
         options.validate(config)
     return config
 
@@ -84,13 +87,17 @@ def check_dataset_files(config):
         raise UsageError(f"dataset {dataset!r} is not in {parent or '.'}/ and cannot be downloaded ({reason}); {where}") from None
 
 
-def check_time_field(config, dataset):
-    """Sequential protocols order events by time: refuse a dataset without its time field."""
+def check_dataset(config, dataset):
+    """Refuse, in one line, a dataset without its time field or without any training target."""
     time_field = config["TIME_FIELD"]
     if not time_field or time_field not in dataset.field2type:
         raise UsageError(
             f"dataset {config['dataset']!r} has no time field {time_field!r}: sequential models need it "
             "(set TIME_FIELD and load it in load_col)"
+        )
+    if len(dataset.inter_feat) == 0:
+        raise UsageError(
+            f"dataset {config['dataset']!r} has no user with 2 or more events left after filtering: nothing to train on"
         )
 
 
@@ -131,7 +138,7 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
     logger.info(config)
     check_dataset_files(config)
     data = create_dataset(config)
-    check_time_field(config, data)
+    check_dataset(config, data)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     train_dataset = train_data._dataset

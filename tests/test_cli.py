@@ -22,6 +22,7 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
     write_inter(folder, "tiny", sessions_dataset_rows(sessions))
     write_inter(folder, "notime", [(1, 2), (1, 3), (1, 4), (2, 3)], header="user_id:token\titem_id:token")
+    write_inter(folder, "single", [(1, 2, 10), (2, 3, 11), (3, 2, 12)])
     return str(folder)
 
 
@@ -59,6 +60,11 @@ def test_dataset_without_time_field(tiny, capsys):
     assert code == 2 and "dataset 'notime' has no time field 'timestamp'" in err[-1]
 
 
+def test_dataset_without_any_training_target(tiny, capsys):
+    code, _, err = run_cli(["--dataset=single", f"--data_path={tiny}"], capsys)
+    assert code == 2 and "dataset 'single' has no user with 2 or more events" in err[-1]
+
+
 def test_offline_ml1m_fails_fast_with_where_to_put_the_files(tmp_path):
     start = time.perf_counter()
     process = subprocess.run(
@@ -86,3 +92,10 @@ def test_models_run_through_run_py_and_write_results(model, tiny, tmp_path):
     assert len(result["train_seconds_per_epoch"]) == 1 and result["train_events_per_second"] > 0
     assert result["peak_rss_mb"] > 0 and result["config"]["MAX_ITEM_LIST_LENGTH"] == 50
     assert "ndcg@10" in process.stdout and os.path.isfile(result["checkpoint"])
+
+
+def test_misspelt_option_gets_a_did_you_mean_warning(caplog):
+    from recbole_gru4rec import pipeline
+
+    pipeline.build_config("GRU4RecPaper", "ml-100k", overrides={"hiden_size": "64"})
+    assert "config key 'hiden_size' is no GRU4RecPaper or RecBole option: did you mean 'hidden_size'?" in caplog.text
