@@ -1,5 +1,6 @@
 """The command line of run.py: RecBole's habits (``--key=value`` for any config key) plus a few of our own."""
 
+import argparse
 import json
 import os
 import sys
@@ -10,9 +11,12 @@ from recbole_gru4rec.errors import UsageError
 
 USAGE = """usage: python run.py [--model=GRU4RecPaper] [--dataset=ml-100k] [--config_files=a.yaml,b.yaml]
                      [--data_path=DIR] [--result_file=PATH] [--KEY=VALUE ...]
+       python run.py recommend --checkpoint=PATH (--user=ID | --history=ID,ID | --history-titles=T,T |
+                     --users-file=FILE) [--topk=10] [--exclude-seen=true|false] [--json]
 
 Trains MODEL (GRU4RecPaper or any RecBole model) on DATASET with early stopping on the validation metric,
-evaluates it on test and prints the results. Any RecBole config key can be set with --KEY=VALUE."""
+evaluates it on test and prints the results. Any RecBole config key can be set with --KEY=VALUE.
+`recommend` prints the next movies a trained sequential model predicts (python run.py recommend --help)."""
 
 # Our own flags; every other --KEY=VALUE is a RecBole config override.
 OWN_FLAGS = ("model", "dataset", "config_files", "result_file")
@@ -52,8 +56,71 @@ def write_json(path, record):
     os.replace(partial, path)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def recommend_parser():
+    """The arguments of ``run.py recommend``."""
+    parser = _Parser(prog="python run.py recommend", description="Top-k next movies from a trained checkpoint.")
+    parser.add_argument("--checkpoint", required=True, help="a .pth file written by run.py")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--user", help="a user id of the dataset: recommend after their whole known history")
+    source.add_argument("--history", help="comma-separated item ids, oldest first (a new user)")
+    source.add_argument("--history-titles", help='comma-separated movie titles, oldest first, e.g. "Toy Story,Jumanji"')
+    source.add_argument("--users-file", help="a file with one user id per line: one JSON line per user")
+    parser.add_argument("--topk", type=int, default=10)
+    parser.add_argument("--exclude-seen", default="true", choices=["true", "false"],
+                        help="leave out what the history already holds (default true)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def recommend_main(argv):
+    """``run.py recommend``: print recommendations; returns the exit code."""
+    from recbole_gru4rec.recommend import Recommender
+
+    args = recommend_parser().parse_args(argv)
+    exclude_seen = args.exclude_seen == "true"
+    recommender = Recommender(args.checkpoint)
+    if args.users_file:
+        if not os.path.isfile(args.users_file):
+            raise UsageError(f"--users-file={args.users_file}: no such file")
+        with open(args.users_file, encoding="utf-8") as f:
+            users = [line.strip() for line in f if line.strip()]
+        if not users:
+            raise UsageError(f"--users-file={args.users_file} holds no user id")
+        for user, items in zip(users, recommender.for_users(users, args.topk, exclude_seen)):
+            print(json.dumps({"user": user, "recommendations": items}))
+        return 0
+    if args.user is not None:
+        subject, items = f"user {args.user}", recommender.for_user(args.user, args.topk, exclude_seen)
+    elif args.history is not None:
+        history = [item.strip() for item in args.history.split(",") if item.strip()]
+        subject, items = f"history {','.join(history)}", recommender.for_history(history, args.topk, exclude_seen)
+    else:
+        titles = [title.strip() for title in args.history_titles.split(",") if title.strip()]
+        subject, items = f"history {'; '.join(titles)}", recommender.for_titles(titles, args.topk, exclude_seen)
+    if args.json:
+        print(json.dumps({"query": subject, "recommendations": items}))
+    else:
+        print(f"Top {len(items)} for {subject}:")
+        print(f"{'rank':>4}  {'item':>6}  {'score':>9}  title (year)")
+        for item in items:
+            year = f" ({item['year']})" if item["year"] else ""
+            print(f"{item['rank']:>4}  {item['item_id']:>6}  {item['score']:>9.4f}  {item['title']}{year}")
+    return 0
+
+
 def main(argv):
     """Run the command line; returns the process exit code."""
+    if argv[:1] == ["recommend"]:
+        try:
+            return recommend_main(argv[1:])
+        except (UsageError, CompatibilityError) as error:
+            print(f"run.py recommend: error: {error}", file=sys.stderr)
+            return 2
     if "-h" in argv or "--help" in argv:
         print(USAGE)
         return 0

@@ -88,6 +88,7 @@ class SafeCheckpoints:
         state = {
             "format": CHECKPOINT_FORMAT,
             "config": plain(self.config.final_config_dict),
+            "external_config": plain(self.config.external_config_dict),  # what rebuilds the Config
             "epoch": epoch,
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),

@@ -20,7 +20,7 @@ from torch import nn
 from recbole_gru4rec import options
 from recbole_gru4rec.losses import sampled_loss
 from recbole_gru4rec.sampling import PopularitySampler
-from recbole_gru4rec.session_data import CARRY_FIELD, INPUT_FIELD, ROWS_FIELD, training_sessions
+from recbole_gru4rec.session_data import CARRY_FIELD, INPUT_FIELD, ROWS_FIELD, user_sessions
 
 
 def final_activation(name):
@@ -141,7 +141,7 @@ class GRU4RecPaper(SequentialRecommender):
         self.sampler = None  # built at the first training step, on the device of that step
         self.sampler_seed = config["seed"] or 0
         needs_support = self.n_sample > 0 or self.logq > 0
-        self.item_support = training_sessions(dataset).item_support(self.n_items) if needs_support else None
+        self.item_support = user_sessions(dataset).item_support(self.n_items) if needs_support else None
         if self.logq > 0:
             popularity = self.item_support.double().clamp(min=1) / self.item_support.sum()
             self.register_buffer("log_popularity", popularity.log().float(), persistent=False)

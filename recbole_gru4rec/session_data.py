@@ -6,7 +6,7 @@ takes the next session and its hidden state is reset; when no session is left, t
 steps get narrower. Every training event is a target exactly once per epoch.
 
 On MovieLens a user's training history is the session. RecBole stores the training split prefix-augmented
-(one row per target, with the items before it); :func:`training_sessions` turns it back into sequences, so
+(one row per target, with the items before it); :func:`user_sessions` turns it back into sequences, so
 the validation and test items RecBole held out never reach training.
 """
 
@@ -24,13 +24,18 @@ CARRY_FIELD = "session_carry"  # 1.0 carries the slot's hidden state on, 0.0 zer
 ROWS_FIELD = "session_rows"  # only once slots go idle: which rows of the previous step go on
 
 
-class TrainingSessions:
-    """The training sessions of a RecBole dataset: item ids laid end to end, with session boundaries."""
+class Sessions:
+    """Each user's events of a RecBole dataset: item ids laid end to end, with session boundaries."""
 
-    def __init__(self, items, offsets, first_times):
+    def __init__(self, items, offsets, first_times, users=None):
         self.items = items
         self.offsets = offsets
         self.first_times = first_times
+        self.users = users  # the user id of each session
+
+    def session(self, index):
+        """The item ids of session ``index``, in time order."""
+        return self.items[self.offsets[index] : self.offsets[index + 1]]
 
     @property
     def lengths(self):
@@ -42,8 +47,8 @@ class TrainingSessions:
         return torch.from_numpy(np.bincount(self.items, minlength=n_items)).long()
 
 
-def training_sessions(dataset):
-    """Rebuild each user's training sequence from RecBole's prefix-augmented training split."""
+def user_sessions(dataset):
+    """Rebuild each user's sequence from a RecBole prefix-augmented dataset (the training split, or all data)."""
     config = dataset.config
     uid_field, iid_field = dataset.uid_field, dataset.iid_field
     time_field = dataset.time_field
@@ -70,7 +75,7 @@ def training_sessions(dataset):
     first_times = inter[time_field + list_suffix][first_rows, 0].numpy()
     items = np.insert(targets, starts, first_items)
     offsets = np.r_[starts + np.arange(len(starts)), len(items)]
-    return TrainingSessions(items.astype(np.int64), offsets.astype(np.int64), first_times)
+    return Sessions(items.astype(np.int64), offsets.astype(np.int64), first_times, users[starts])
 
 
 def session_parallel_schedule(lengths, batch_size):
@@ -151,7 +156,7 @@ class SessionParallelDataLoader:
         self.dataset = dataset
         self.batch_size = config["train_batch_size"]
         self.shuffle = order == "shuffle"
-        self.sessions = training_sessions(dataset)
+        self.sessions = user_sessions(dataset)
         self.target_field = config["ITEM_ID_FIELD"]
         self.device = config["device"] or torch.device("cpu")
         self.epoch = 0

@@ -99,3 +99,28 @@ def test_misspelt_option_gets_a_did_you_mean_warning(caplog):
 
     pipeline.build_config("GRU4RecPaper", "ml-100k", overrides={"hiden_size": "64"})
     assert "config key 'hiden_size' is no GRU4RecPaper or RecBole option: did you mean 'hidden_size'?" in caplog.text
+
+
+def test_recbole_documented_python_pipeline(tiny):
+    """README's Python example: RecBole's customized-model pipeline with our model and trainer."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader, SessionParallelTrainer
+
+    config = Config(model=GRU4RecPaper, dataset="tiny",
+                    config_file_list=[os.path.join(REPO, "configs", "GRU4RecPaper.yaml"),
+                                      os.path.join(REPO, "configs", "sequential.yaml")],
+                    config_dict={"data_path": tiny, "epochs": 1, "state": "ERROR", "checkpoint_dir": tiny})
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = GRU4RecPaper(config, train_data.dataset).to(config["device"])
+    trainer = SessionParallelTrainer(config, model)
+    seen = []
+    original = trainer._train_epoch
+    trainer._train_epoch = lambda data, *args, **kwargs: seen.append(type(data)) or original(data, *args, **kwargs)
+    trainer.fit(train_data, valid_data)
+    result = trainer.evaluate(test_data)
+    assert seen == [SessionParallelDataLoader] and 0 <= result["ndcg@10"] <= 1

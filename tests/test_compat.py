@@ -40,6 +40,7 @@ def test_recbole_fills_missing_values(tmp_path):
 def test_checkpoints_load_weights_only_and_other_pickles_are_refused(tmp_path):
     class Config:
         final_config_dict = {"model": "GRU4RecPaper", "device": torch.device("cpu"), "seed": np.int64(3)}
+        external_config_dict = {"seed": 3}
 
     class Holder(compat.SafeCheckpoints):
         config = Config()

@@ -6,7 +6,7 @@ import torch
 
 from conftest import build
 from recbole_gru4rec import GRU4RecPaper, SessionParallelTrainer
-from recbole_gru4rec.session_data import training_sessions
+from recbole_gru4rec.session_data import user_sessions
 
 # A short budget with the CIKM 2018 loss; the tuned configuration does better with more epochs.
 SHORT_RUN = {
@@ -22,7 +22,7 @@ SHORT_RUN = {
 
 def most_popular_ndcg_at_10(train, test):
     """NDCG@10 of ranking every item by its count among the training events, for each test target."""
-    counts = torch.from_numpy(training_sessions(train._dataset).item_support(train._dataset.item_num).numpy())
+    counts = torch.from_numpy(user_sessions(train._dataset).item_support(train._dataset.item_num).numpy())
     counts[0] = -1  # padding is never recommended
     targets = test._dataset.inter_feat["item_id"]
     total = 0.0

@@ -9,7 +9,7 @@ import torch
 
 from conftest import build, sessions_dataset_rows, write_inter
 from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader
-from recbole_gru4rec.session_data import CARRY_FIELD, INPUT_FIELD, ROWS_FIELD, SessionParallelEpoch, TrainingSessions
+from recbole_gru4rec.session_data import CARRY_FIELD, INPUT_FIELD, ROWS_FIELD, SessionParallelEpoch, Sessions
 
 # user -> number of events; user 1 has no target at all, users 2 and 3 keep a training session of 2 events.
 LENGTHS = {1: 1, 2: 3, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 9, 9: 12, 10: 15, 11: 20, 12: 25}
@@ -137,7 +137,7 @@ def test_shuffle_changes_the_order_each_epoch_but_not_the_events(handmade):
 
 
 def test_batch_larger_than_the_number_of_sessions_and_a_one_event_session():
-    sessions = TrainingSessions(np.array([1, 2, 3, 4, 5, 6]), np.array([0, 3, 5, 6]), np.array([0.0, 1.0, 2.0]))
+    sessions = Sessions(np.array([1, 2, 3, 4, 5, 6]), np.array([0, 3, 5, 6]), np.array([0.0, 1.0, 2.0]))
     epoch = SessionParallelEpoch(sessions, np.arange(3), batch_size=8, device="cpu")
     assert epoch.items.tolist() == [1, 4, 2] and epoch.targets.tolist() == [2, 5, 3]
     assert epoch.bounds == [0, 2, 3]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from conftest import build, sessions_dataset_rows, write_inter
 from recbole_gru4rec import SessionParallelDataLoader
-from recbole_gru4rec.session_data import CARRY_FIELD, INPUT_FIELD, SessionParallelEpoch, TrainingSessions
+from recbole_gru4rec.session_data import CARRY_FIELD, INPUT_FIELD, SessionParallelEpoch, Sessions
 
 session_lists = st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=12), min_size=1, max_size=9)
 
@@ -17,7 +17,7 @@ session_lists = st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=12), m
 def epoch_of(sessions, batch_size):
     items = np.array(list(itertools.chain.from_iterable(sessions)), dtype=np.int64)
     offsets = np.r_[0, np.cumsum([len(s) for s in sessions])].astype(np.int64)
-    data = TrainingSessions(items, offsets, np.arange(len(sessions), dtype=float))
+    data = Sessions(items, offsets, np.arange(len(sessions), dtype=float))
     return SessionParallelEpoch(data, np.arange(len(sessions)), batch_size, "cpu")
 
 
