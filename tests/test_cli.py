@@ -66,10 +66,11 @@ def test_dataset_without_any_training_target(tiny, capsys):
 
 
 def test_offline_ml1m_fails_fast_with_where_to_put_the_files(tmp_path):
+    offline = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}  # nothing listens
     start = time.perf_counter()
     process = subprocess.run(
         [sys.executable, "run.py", "--dataset=ml-1m", f"--data_path={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=offline,
     )
     lines = process.stderr.strip().splitlines()
     assert process.returncode == 2 and "Traceback" not in process.stderr
