@@ -95,7 +95,8 @@ def check_dataset(config, dataset):
             f"dataset {config['dataset']!r} has no time field {time_field!r}: sequential models need it "
             "(set TIME_FIELD and load it in load_col)"
         )
-    if len(dataset.inter_feat) == 0:
+    events_per_user = dataset.inter_feat[dataset.uid_field].value_counts()  # the loaded table, before splitting
+    if len(events_per_user) == 0 or events_per_user.max() < 2:
         raise UsageError(
             f"dataset {config['dataset']!r} has no user with 2 or more events left after filtering: nothing to train on"
         )

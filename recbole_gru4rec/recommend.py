@@ -1,7 +1,8 @@
 """Next-movie recommendations from a trained checkpoint, for known users or any watch history.
 
-    from recbole_gru4rec.recommend import Recommender
-    recommender = Recommender("saved/GRU4RecPaper-....pth")
+    from recbole_gru4rec.recommend import recommend, Recommender
+    recommend("saved/GRU4RecPaper-....pth", user="196", topk=10)   # one call, loads everything
+    recommender = Recommender("saved/GRU4RecPaper-....pth")         # load once, then ask many times
     recommender.for_user("196", topk=10)          # a known user's whole history
     recommender.for_history(["242", "302"])       # a new user's watch history (raw item ids)
     recommender.for_titles(["Toy Story", "Jumanji"])
@@ -189,3 +190,17 @@ class Recommender:
         if not self.titles:
             raise UsageError(f"dataset {self.config['dataset']!r} has no .item file with titles; use item ids")
         return self.for_history([self.item_for_title(title) for title in titles], topk, exclude_seen)
+
+
+def recommend(checkpoint, user=None, history=None, titles=None, topk=10, exclude_seen=True):
+    """Top-``topk`` next items from ``checkpoint`` for one of: a known ``user``, a ``history`` of raw item
+    ids, or a history of movie ``titles`` (oldest first). Returns what ``run.py recommend --json`` prints."""
+    given = [name for name, value in (("user", user), ("history", history), ("titles", titles)) if value is not None]
+    if len(given) != 1:
+        raise UsageError(f"give exactly one of user, history or titles (got {', '.join(given) or 'none'})")
+    recommender = Recommender(checkpoint)
+    if user is not None:
+        return recommender.for_user(user, topk, exclude_seen)
+    if history is not None:
+        return recommender.for_history(list(history), topk, exclude_seen)
+    return recommender.for_titles(list(titles), topk, exclude_seen)

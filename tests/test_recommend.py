@@ -12,7 +12,7 @@ from conftest import sessions_dataset_rows, write_inter
 from recbole_gru4rec import pipeline
 from recbole_gru4rec.cli import main
 from recbole_gru4rec.errors import UsageError
-from recbole_gru4rec.recommend import Recommender
+from recbole_gru4rec.recommend import Recommender, recommend
 
 TITLES = {1: ("Toy Story", 1995), 2: ("Jumanji", 1995), 3: ("Heat", 1995), 4: ("Heat", 1986), 5: ("Amélie", 2001)}
 
@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
         for item in range(1, 31):
             f.write(f"{item}\t{title_of(item)[0]}\t{title_of(item)[1]}\n")
     checkpoints = {}
-    for model in ("GRU4RecPaper", "SASRec", "BPR"):
+    for model in ("GRU4RecPaper", "SASRec", "NARM", "GRU4Rec", "BPR"):
         overrides = {"data_path": str(folder), "epochs": 1, "state": "ERROR", "checkpoint_dir": str(folder / model)}
         if model == "BPR":
             overrides.update({"train_neg_sample_args": {"distribution": "uniform", "sample_num": 1},
@@ -69,7 +69,7 @@ def test_history_by_titles_equals_history_by_ids(trained):
     assert recommender.for_titles(["toy story", "Jumanji (1995)", "Amélie"], topk=4) == by_ids
 
 
-@pytest.mark.parametrize("model", ["GRU4RecPaper", "SASRec"])
+@pytest.mark.parametrize("model", ["GRU4RecPaper", "SASRec", "NARM", "GRU4Rec"])
 def test_cli_prints_a_table_and_json(trained, model, capsys):
     _, _, checkpoints = trained
     assert main(["recommend", f"--checkpoint={checkpoints[model]}", "--user=3", "--topk=3"]) == 0
@@ -78,6 +78,17 @@ def test_cli_prints_a_table_and_json(trained, model, capsys):
     assert main(["recommend", f"--checkpoint={checkpoints[model]}", "--history=1,2", "--json", "--topk=2"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert [r["rank"] for r in record["recommendations"]] == [1, 2]
+
+
+def test_exclude_seen_false_and_the_one_call_function(trained, capsys):
+    sessions, _, checkpoints = trained
+    args = ["recommend", f"--checkpoint={checkpoints['GRU4RecPaper']}", "--user=7", "--topk=30", "--json"]
+    assert main(args + ["--exclude-seen=false"]) == 0
+    everything = json.loads(capsys.readouterr().out)["recommendations"]
+    assert {r["item_id"] for r in everything} >= {str(item) for item in sessions[7]}  # seen items are back
+    assert recommend(checkpoints["GRU4RecPaper"], user="7", topk=30, exclude_seen=False) == everything
+    with pytest.raises(UsageError, match="give exactly one of user, history or titles"):
+        recommend(checkpoints["GRU4RecPaper"], user="7", history=["1"])
 
 
 def test_users_file_gives_one_json_line_per_user(trained, tmp_path, capsys):
@@ -128,7 +139,7 @@ def test_bad_input_is_one_line(trained, capsys):
 def test_checkpoint_whose_dataset_is_gone(trained, tmp_path):
     sessions, folder, _ = trained
     moved = tmp_path / "moved"
-    shutil.copytree(folder, moved, ignore=shutil.ignore_patterns("GRU4RecPaper", "SASRec", "BPR"))
+    shutil.copytree(folder, moved, ignore=shutil.ignore_patterns("GRU4RecPaper", "SASRec", "NARM", "GRU4Rec", "BPR"))
     overrides = {"data_path": str(moved), "epochs": 1, "state": "ERROR", "checkpoint_dir": str(tmp_path)}
     checkpoint = pipeline.run("GRU4RecPaper", "films", overrides=overrides)["checkpoint"]
     shutil.rmtree(moved)
