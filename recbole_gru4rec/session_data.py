@@ -163,11 +163,6 @@ class SessionParallelDataLoader:
         self.time_order = np.argsort(self.sessions.first_times, kind="stable")
         self._epoch_cache = None
 
-    @property
-    def n_events(self):
-        """Number of training targets per epoch."""
-        return int((self.sessions.lengths - 1).clip(min=0).sum())
-
     def _session_order(self, epoch):
         if not self.shuffle:
             return self.time_order
