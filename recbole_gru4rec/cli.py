@@ -8,6 +8,7 @@ import sys
 from recbole_gru4rec import pipeline
 from recbole_gru4rec.compat import CompatibilityError
 from recbole_gru4rec.errors import UsageError
+from recbole_gru4rec.trainer import NonFiniteLossError
 
 USAGE = """usage: python run.py [--model=GRU4RecPaper] [--dataset=ml-100k] [--config_files=a.yaml,b.yaml]
                      [--data_path=DIR] [--result_file=PATH] [--KEY=VALUE ...]
@@ -132,6 +133,9 @@ def main(argv):
     except (UsageError, CompatibilityError) as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:
+        print(f"run.py: error: {error}", file=sys.stderr)
+        return 1
     print(f"\n{result['model']} on {result['dataset']}: {result['epochs']} epochs ({result['stopped_by']}), "
           f"{result['train_events_per_second']:.0f} training events/s")
     print(format_results(result))

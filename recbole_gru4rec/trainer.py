@@ -17,7 +17,7 @@ class NonFiniteLossError(ArithmeticError):
 
 
 class SessionParallelTrainer(SafeCheckpoints, Trainer):
-    """RecBole's :class:`~recbole.trainer.Trainer` with two additions for GRU4RecPaper.
+    """RecBole's :class:`~recbole.trainer.Trainer`, changed where GRU4RecPaper needs it.
 
     * ``fit`` replaces RecBole's prefix-augmented training loader by a :class:`SessionParallelDataLoader`
       over the same training split, so RecBole's documented pipeline trains session-parallel unchanged.
