@@ -192,12 +192,12 @@ class GRU4RecPaper(SequentialRecommender):
         """Advance every GRU layer by one event. Returns the top layer's output and the new hidden states."""
         gates = self._input_gates(items)
         new_hidden = []
-        for layer in range(self.num_layers):
-            if layer > 0:
-                gates = self.upper_input_layers[layer - 1](output)
-            state = gru_cell(gates, hidden[layer], self.hidden_layers[layer])
+        for layer, hidden_layer in enumerate(self.hidden_layers):
+            state = gru_cell(gates, hidden[layer], hidden_layer)
             new_hidden.append(state)
             output = dropout(state, self.dropout_hidden, self.training)
+            if layer + 1 < self.num_layers:
+                gates = self.upper_input_layers[layer](output)
         return output, torch.stack(new_hidden)
 
     def _head(self, output):

@@ -1,6 +1,7 @@
 """Shared helpers: small RecBole datasets written by hand, and RecBole objects built from them."""
 
 import os
+import random
 
 import pytest
 from recbole.data import create_dataset, data_preparation
@@ -27,6 +28,12 @@ def sessions_dataset_rows(sessions):
         start = 1000 * int(user)
         rows += [(user, item, start + position) for position, item in enumerate(items)]
     return rows
+
+
+def random_sessions(seed, users, items, min_length, max_length):
+    """``{user: [item, ...]}`` for users 1..``users``, items drawn from 1..``items``, repeats allowed."""
+    rng = random.Random(seed)
+    return {u: [rng.randint(1, items) for _ in range(rng.randint(min_length, max_length))] for u in range(1, users + 1)}
 
 
 def build(model, dataset, data_path=None, **overrides):

@@ -8,17 +8,14 @@ import time
 
 import pytest
 
-from conftest import REPO, sessions_dataset_rows, write_inter
+from conftest import REPO, random_sessions, sessions_dataset_rows, write_inter
 from recbole_gru4rec.cli import main
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A dataset of 40 users, 30 items and 8-20 events each, made for fast end-to-end runs."""
-    import random
-
-    rng = random.Random(0)
-    sessions = {user: [rng.randint(1, 30) for _ in range(rng.randint(8, 20))] for user in range(1, 41)}
+    sessions = random_sessions(0, users=40, items=30, min_length=8, max_length=20)
     folder = tmp_path_factory.mktemp("tiny")
     write_inter(folder, "tiny", sessions_dataset_rows(sessions))
     write_inter(folder, "notime", [(1, 2), (1, 3), (1, 4), (2, 3)], header="user_id:token\titem_id:token")

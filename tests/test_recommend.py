@@ -2,13 +2,12 @@
 
 import json
 import os
-import random
 import shutil
 
 import pytest
 import torch
 
-from conftest import sessions_dataset_rows, write_inter
+from conftest import random_sessions, sessions_dataset_rows, write_inter
 from recbole_gru4rec import pipeline
 from recbole_gru4rec.cli import main
 from recbole_gru4rec.errors import UsageError
@@ -23,9 +22,8 @@ def title_of(item):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Checkpoints of GRU4RecPaper, SASRec and BPR (not sequential) trained one epoch on 'films'."""
-    rng = random.Random(1)
-    sessions = {user: [rng.randint(1, 30) for _ in range(rng.randint(6, 15))] for user in range(1, 31)}
+    """Checkpoints of GRU4RecPaper, SASRec, NARM, GRU4Rec and BPR (not sequential), one epoch on 'films'."""
+    sessions = random_sessions(1, users=30, items=30, min_length=6, max_length=15)
     folder = tmp_path_factory.mktemp("films")
     write_inter(folder, "films", sessions_dataset_rows(sessions))
     with open(os.path.join(folder, "films", "films.item"), "w", encoding="utf-8") as f:
