@@ -3,36 +3,66 @@
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from recbole_gru4rec import pipeline
 from recbole_gru4rec.compat import CompatibilityError
 from recbole_gru4rec.errors import UsageError
-from recbole_gru4rec.trainer import NonFiniteLossError
+from recbole_gru4rec.trainer import NonFiniteLossError, TrainingInterrupted
 
 USAGE = """usage: python run.py [--model=GRU4RecPaper] [--dataset=ml-100k] [--config_files=a.yaml,b.yaml]
-                     [--data_path=DIR] [--result_file=PATH] [--KEY=VALUE ...]
+                     [--data_path=DIR] [--result_file=PATH] [--time_budget_min=N] [--resume=LAST.pth]
+                     [--KEY=VALUE ...]
+       python run.py --leaderboard --dataset=DATASET --models=MODEL[:CONFIG.yaml],... [--config_files=...]
+                     [--time_budget_min=N] [--output_dir=results] [--rerun=false] [--KEY=VALUE ...]
        python run.py recommend --checkpoint=PATH (--user=ID | --history=ID,ID | --history-titles=T,T |
                      --users-file=FILE) [--topk=10] [--exclude-seen=true|false] [--json]
 
 Trains MODEL (GRU4RecPaper or any RecBole model) on DATASET with early stopping on the validation metric,
 evaluates it on test and prints the results. Any RecBole config key can be set with --KEY=VALUE.
+--time_budget_min stops training after the first epoch that ends past N minutes. Every epoch end writes
+saved/MODEL-TIME-last.pth; after a kill or Ctrl-C, the same command plus --resume=that file continues the run.
+--leaderboard trains each listed model in turn under the same protocol (CONFIG.yaml: that model's own
+hyperparameters) and writes OUTPUT_DIR/leaderboard-DATASET.json, .md and .png after each one; run again, it
+skips finished rows and resumes an unfinished one.
 `recommend` prints the next movies a trained sequential model predicts (python run.py recommend --help)."""
 
 # Our own flags; every other --KEY=VALUE is a RecBole config override.
-OWN_FLAGS = ("model", "dataset", "config_files", "result_file")
+OWN_FLAGS = ("model", "dataset", "config_files", "result_file", "time_budget_min", "resume")
 
 
 def parse_args(argv):
     """Split ``--key=value`` arguments into our flags and RecBole config overrides (values stay strings)."""
-    flags, overrides = {"model": "GRU4RecPaper", "dataset": "ml-100k", "config_files": "", "result_file": None}, {}
+    flags = {"model": "GRU4RecPaper", "dataset": "ml-100k", "config_files": "", "result_file": None,
+             "time_budget_min": None, "resume": None}
+    overrides = {}
     for arg in argv:
         key, sep, value = arg[2:].partition("=")
         if not arg.startswith("--") or not sep or not key:
             raise UsageError(f"argument {arg!r} is not of the form --KEY=VALUE (see python run.py --help)")
         (flags if key in OWN_FLAGS else overrides)[key] = value
     flags["config_files"] = [path for path in flags["config_files"].split(",") if path]
+    if flags["time_budget_min"] is not None:
+        flags["time_budget_min"] = positive_minutes(flags["time_budget_min"])
     return flags, overrides
+
+
+def positive_minutes(text):
+    """``--time_budget_min`` as a float, or a one-line error."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes > 0 or minutes == float("inf"):
+        raise UsageError(f"--time_budget_min={text}: give a positive number of minutes")
+    return minutes
+
+
+def resume_command(argv, checkpoint):
+    """The command line that continues an interrupted run from ``checkpoint``."""
+    kept = [shlex.quote(arg) for arg in argv if not arg.startswith("--resume=")]
+    return " ".join(["python run.py", *kept, shlex.quote(f"--resume={checkpoint}")])
 
 
 def format_results(result):
@@ -114,8 +144,48 @@ def recommend_main(argv):
     return 0
 
 
+LEADERBOARD_FLAGS = ("dataset", "models", "config_files", "time_budget_min", "output_dir", "rerun")
+
+
+def leaderboard_main(argv):
+    """``run.py --leaderboard ...``; returns the exit code."""
+    from recbole_gru4rec.leaderboard import LeaderboardStopped, run_leaderboard
+
+    flags, overrides = {"dataset": "ml-100k", "models": None, "config_files": "", "time_budget_min": None,
+                        "output_dir": "results", "rerun": "false"}, {}
+    for arg in argv:
+        key, sep, value = arg[2:].partition("=")
+        if not arg.startswith("--") or not sep or not key:
+            raise UsageError(f"argument {arg!r} is not of the form --KEY=VALUE (see python run.py --help)")
+        if key in ("model", "resume", "result_file"):
+            raise UsageError(f"--{key} does not go with --leaderboard (use --models=A,B,...)")
+        (flags if key in LEADERBOARD_FLAGS else overrides)[key] = value
+    if flags["models"] is None:
+        raise UsageError("--leaderboard needs --models=MODEL[:CONFIG.yaml],... e.g. --models=GRU4RecPaper,GRU4Rec,SASRec,NARM,Pop")
+    if flags["rerun"] not in ("true", "false"):
+        raise UsageError(f"--rerun={flags['rerun']}: use true or false")
+    minutes = None if flags["time_budget_min"] is None else positive_minutes(flags["time_budget_min"])
+    try:
+        board = run_leaderboard(
+            flags["dataset"], flags["models"], [path for path in flags["config_files"].split(",") if path], overrides,
+            time_budget_min=minutes, output_dir=flags["output_dir"], rerun=flags["rerun"] == "true",
+            command_line=" ".join(["python run.py", "--leaderboard", *map(shlex.quote, argv)]),
+        )
+    except LeaderboardStopped as stop:
+        print(f"run.py --leaderboard: {stop}", file=sys.stderr)
+        return stop.returncode if stop.returncode > 0 else 1
+    print(f"leaderboard written: {board.json_file} (and .md, .png)")
+    return 0
+
+
 def main(argv):
     """Run the command line; returns the process exit code."""
+    if "--leaderboard" in argv:
+        try:
+            return leaderboard_main([arg for arg in argv if arg != "--leaderboard"])
+        except (UsageError, CompatibilityError) as error:
+            print(f"run.py --leaderboard: error: {error}", file=sys.stderr)
+            return 2
     if argv[:1] == ["recommend"]:
         try:
             return recommend_main(argv[1:])
@@ -129,13 +199,21 @@ def main(argv):
         flags, overrides = parse_args(argv)
         if flags["result_file"] is not None and not os.path.isdir(os.path.dirname(os.path.abspath(flags["result_file"]))):
             raise UsageError(f"--result_file={flags['result_file']}: its folder does not exist")
-        result = pipeline.run(flags["model"], flags["dataset"], flags["config_files"], overrides)
+        result = pipeline.run(flags["model"], flags["dataset"], flags["config_files"], overrides,
+                              time_budget_min=flags["time_budget_min"], resume=flags["resume"])
     except (UsageError, CompatibilityError) as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as stop:
+        if stop.checkpoint is None:
+            print(f"run.py: interrupted in epoch {stop.epoch}; nothing was saved (saved=False)", file=sys.stderr)
+        else:
+            print(f"run.py: interrupted in epoch {stop.epoch}; the last finished epoch is saved in {stop.checkpoint}\n"
+                  f"resume with: {resume_command(argv, stop.checkpoint)}", file=sys.stderr)
+        return 130
     print(f"\n{result['model']} on {result['dataset']}: {result['epochs']} epochs ({result['stopped_by']}), "
           f"{result['train_events_per_second']:.0f} training events/s")
     print(format_results(result))

@@ -23,8 +23,10 @@
 import contextlib
 import importlib
 import os
+import pickle
 import sys
 import warnings
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -81,12 +83,17 @@ def plain(value):
 
 
 class SafeCheckpoints:
-    """Trainer mixin: checkpoints that ``torch.load(weights_only=True)`` reads, written atomically."""
+    """Trainer mixin: checkpoints that ``torch.load(weights_only=True)`` reads, written atomically.
 
-    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-        state = {
+    A ``best`` checkpoint holds the model of the best validation epoch (what evaluation and ``recommend``
+    load); a ``last`` checkpoint (see :class:`~recbole_gru4rec.trainer.RunControl`) holds the end of the
+    latest finished epoch plus the training progress that ``--resume`` needs.
+    """
+
+    def _checkpoint_state(self, epoch, kind="best"):
+        return {
             "format": CHECKPOINT_FORMAT,
+            "kind": kind,
             "config": plain(self.config.final_config_dict),
             "external_config": plain(self.config.external_config_dict),  # what rebuilds the Config
             "epoch": epoch,
@@ -96,18 +103,38 @@ class SafeCheckpoints:
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
         }
-        partial = f"{saved_model_file}.partial"
-        torch.save(state, partial)
-        os.replace(partial, saved_model_file)  # a kill while saving leaves the previous checkpoint whole
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        write_checkpoint(self._checkpoint_state(epoch), saved_model_file)
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")
 
 
-def with_safe_checkpoints(trainer_cls):
-    """``trainer_cls`` (any RecBole trainer) with :class:`SafeCheckpoints` mixed in."""
-    if issubclass(trainer_cls, SafeCheckpoints):
-        return trainer_cls
-    return type(trainer_cls.__name__, (SafeCheckpoints, trainer_cls), {"__doc__": trainer_cls.__doc__})
+def write_checkpoint(state, path):
+    """``torch.save`` to a temporary file, then rename: a kill while saving leaves the previous file whole."""
+    partial = f"{path}.partial"
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def load_checkpoint(path, kind=None):
+    """A checkpoint written by this tool, loaded weights-only; anything else is a one-line error."""
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path!r} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"checkpoint {path!r} cannot be read as a checkpoint of this tool ({reason[:120]})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"checkpoint {path!r} was not written by recbole-gru4rec (expected {CHECKPOINT_FORMAT})")
+    if kind is not None and checkpoint.get("kind", "best") != kind:
+        raise UsageError(
+            f"checkpoint {path!r} is a {checkpoint.get('kind', 'best')} checkpoint; this needs a {kind} one "
+            "(training writes MODEL-TIME-last.pth beside MODEL-TIME.pth)"
+        )
+    return checkpoint
 
 
 def honour_use_gpu(config):

@@ -249,6 +249,12 @@ class GRU4RecPaper(SequentialRecommender):
         negatives = columns[None, :] != targets[:, None]
         return sampled_loss(self.loss_type, scores.diagonal(), scores, negatives, self.bpreg)
 
+    def reseed(self, seed):
+        """Restart the extra-negative stream from ``seed`` (the trainer calls this at every epoch start)."""
+        self.sampler_seed = seed
+        self.sampler = None
+        self.training_hidden = None
+
     def _extra_negatives(self, device):
         if self.sampler is None:
             generator = torch.Generator().manual_seed(self.sampler_seed)

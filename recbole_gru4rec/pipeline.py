@@ -21,7 +21,7 @@ from recbole.utils import get_trainer, init_logger, init_seed
 
 from recbole_gru4rec import compat, options
 from recbole_gru4rec.errors import UsageError
-from recbole_gru4rec.trainer import SessionParallelTrainer
+from recbole_gru4rec.trainer import SessionParallelTrainer, with_run_control
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 PROTOCOL_FILE = os.path.join(CONFIG_DIR, "sequential.yaml")
@@ -111,28 +111,36 @@ def trainer_class(config):
     """SessionParallelTrainer for GRU4RecPaper, RecBole's own trainer for every other model."""
     if config["model"] in compat.plugin_models():
         return SessionParallelTrainer
-    return compat.with_safe_checkpoints(get_trainer(config["MODEL_TYPE"], config["model"]))
+    return with_run_control(get_trainer(config["MODEL_TYPE"], config["model"]))
 
 
-def _time_epochs(trainer, seconds):
-    """Record the wall time of each training epoch (RecBole only logs it)."""
-    train_epoch = trainer._train_epoch
+def check_resume(config, checkpoint_path):
+    """The ``last`` checkpoint at ``checkpoint_path``, if it was trained with exactly this config."""
+    checkpoint = compat.load_checkpoint(checkpoint_path, kind="last")
+    current = compat.plain(config.final_config_dict)
+    for key in sorted(set(current) | set(checkpoint["config"])):
+        if current.get(key) != checkpoint["config"].get(key):
+            raise UsageError(
+                f"--resume={checkpoint_path}: the checkpoint was trained with {key}={checkpoint['config'].get(key)!r}, "
+                f"this command gives {current.get(key)!r}; repeat the original command line"
+            )
+    return checkpoint
 
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        loss = train_epoch(*args, **kwargs)
-        seconds.append(time.perf_counter() - start)
-        return loss
 
-    trainer._train_epoch = timed
-
-
-def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None, saved=True, evaluate_test=True):
+def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None, saved=True, evaluate_test=True,
+        time_budget_min=None, resume=None):
     """Train ``model`` on ``dataset`` with early stopping, evaluate on test, and return the result record.
 
     ``evaluate_test=False`` leaves the test split untouched (hyperparameter search looks at validation only).
+    ``time_budget_min`` stops training after the first epoch that ends past it (``stopped_by: time_budget``).
+    ``resume`` is a ``last`` checkpoint of a run with the same config, continued from its epoch.
+    Ctrl-C raises :class:`~recbole_gru4rec.trainer.TrainingInterrupted`.
     """
+    if time_budget_min is not None and not time_budget_min > 0:
+        raise UsageError(f"time_budget_min={time_budget_min} must be a positive number of minutes")
     config = build_config(model, dataset, config_files, overrides)
+    if resume is not None:
+        check_resume(config, resume)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -149,8 +157,9 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
     network = model_cls(config, train_dataset).to(config["device"])
     logger.info(network)
     trainer = trainer_class(config)(config, network)
-    epoch_seconds = []
-    _time_epochs(trainer, epoch_seconds)
+    trainer.time_budget_s = None if time_budget_min is None else 60.0 * time_budget_min
+    if resume is not None:
+        trainer.resume_checkpoint(resume)
 
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=saved, show_progress=config["show_progress"])
     test_start = time.perf_counter()
@@ -159,6 +168,7 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_seconds = time.perf_counter() - test_start
 
+    epoch_seconds = trainer.epoch_seconds
     n_events = len(train_dataset)  # one prefix-augmented row per training target, for every model alike
     median_epoch = statistics.median(epoch_seconds) if epoch_seconds else float("nan")
     return {
@@ -168,7 +178,7 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
         "best_valid_result": {k: float(v) for k, v in (best_valid_result or {}).items()},
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},
         "epochs": len(epoch_seconds),
-        "stopped_by": "early_stopping" if len(epoch_seconds) < config["epochs"] - trainer.start_epoch else "max_epochs",
+        "stopped_by": trainer.stopped_by,
         "train_loss_per_epoch": [float(trainer.train_loss_dict[epoch]) for epoch in sorted(trainer.train_loss_dict)],
         "train_seconds_per_epoch": [round(s, 4) for s in epoch_seconds],
         "train_seconds_total": round(sum(epoch_seconds), 4),
@@ -177,6 +187,7 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
         "test_seconds": round(test_seconds, 4),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "checkpoint": trainer.saved_model_file if saved else None,
+        "last_checkpoint": trainer.last_checkpoint_file,
         "config": comparison_config(config),
     }
 

@@ -13,9 +13,7 @@ Each call returns a list of dicts: rank, item_id (the dataset's raw id), title, 
 import csv
 import difflib
 import os
-import pickle
 import tempfile
-import zipfile
 
 import torch
 import yaml
@@ -27,20 +25,6 @@ from recbole.utils import ModelType
 from recbole_gru4rec import compat
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.session_data import user_sessions
-
-
-def load_checkpoint(path):
-    """A checkpoint written by this tool, loaded weights-only; anything else is a one-line error."""
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path!r} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"checkpoint {path!r} cannot be read as a checkpoint of this tool ({reason[:120]})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != compat.CHECKPOINT_FORMAT:
-        raise UsageError(f"checkpoint {path!r} was not written by recbole-gru4rec (expected {compat.CHECKPOINT_FORMAT})")
-    return checkpoint
 
 
 def read_titles(config):
@@ -67,7 +51,7 @@ class Recommender:
     """A trained sequential model with its dataset, ready to recommend (loaded once, used many times)."""
 
     def __init__(self, checkpoint_path):
-        checkpoint = load_checkpoint(checkpoint_path)
+        checkpoint = compat.load_checkpoint(checkpoint_path)
         saved = checkpoint["config"]
         model_cls = compat.model_class(saved["model"])
         if model_cls.type != ModelType.SEQUENTIAL:

@@ -78,6 +78,12 @@ def user_sessions(dataset):
     return Sessions(items.astype(np.int64), offsets.astype(np.int64), first_times, users[starts])
 
 
+def epoch_seed(seed, epoch):
+    """The random seed of one training epoch: every epoch's randomness depends on (seed, epoch) only, so a
+    run resumed at an epoch boundary draws what the uninterrupted run drew."""
+    return int(seed or 0) * 1000003 + epoch
+
+
 def session_parallel_schedule(lengths, batch_size):
     """Slot and first step of each session, filling ``batch_size`` slots in the given order.
 
@@ -166,7 +172,7 @@ class SessionParallelDataLoader:
     def _session_order(self, epoch):
         if not self.shuffle:
             return self.time_order
-        generator = torch.Generator().manual_seed(int(self.config["seed"] or 0) * 1000003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.config["seed"], epoch))
         return torch.randperm(len(self.time_order), generator=generator).numpy()
 
     def _epoch(self, epoch):

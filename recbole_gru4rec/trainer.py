@@ -1,57 +1,225 @@
-"""SessionParallelTrainer: RecBole's Trainer, fed with session-parallel mini-batches."""
+"""The training loop of every run: RecBole's trainers with resumable, budgeted, guarded epochs.
+
+:class:`RunControl` is mixed into RecBole's trainer of each model (:func:`with_run_control`), and into
+:class:`SessionParallelTrainer`, GRU4RecPaper's trainer, so baselines and GRU4RecPaper train under one loop.
+"""
 
 import math
+import os
+import time
 
 from recbole.trainer import Trainer
-from recbole.utils import set_color
+from recbole.utils import dict2str, early_stopping, init_seed, set_color
 from torch.nn.utils.clip_grad import clip_grad_norm_
 from tqdm import tqdm
 
-from recbole_gru4rec.compat import SafeCheckpoints
+from recbole_gru4rec.compat import SafeCheckpoints, load_checkpoint, write_checkpoint
 from recbole_gru4rec.optimizers import AdagradMomentum
-from recbole_gru4rec.session_data import SessionParallelDataLoader
+from recbole_gru4rec.session_data import SessionParallelDataLoader, epoch_seed
+
+STOP_REASONS = ("early_stopping", "time_budget", "max_epochs")
 
 
 class NonFiniteLossError(ArithmeticError):
     """The training loss became NaN or infinite."""
 
 
-class SessionParallelTrainer(SafeCheckpoints, Trainer):
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped training; ``checkpoint`` is the last checkpoint to resume from (None when unsaved)."""
+
+    def __init__(self, epoch, checkpoint):
+        super().__init__(f"training interrupted in epoch {epoch}")
+        self.epoch = epoch
+        self.checkpoint = checkpoint
+
+
+def last_checkpoint_path(best_checkpoint_path):
+    """Where the checkpoint of the latest finished epoch lives, beside the best model's checkpoint."""
+    root, extension = os.path.splitext(best_checkpoint_path)
+    return f"{root}-last{extension}"
+
+
+class RunControl(SafeCheckpoints):
+    """Trainer mixin: RecBole's fit loop (train, validate, early-stop, keep the best model), plus
+
+    * a ``last`` checkpoint at the start and at the end of every epoch (atomic), from which
+      :meth:`resume_checkpoint` continues a killed run to the same result as an uninterrupted one;
+    * per-epoch seeding: epoch ``e`` seeds every random stream with :func:`epoch_seed` ``(seed, e)``
+      (Python, numpy, torch, RecBole's shuffling generator, the model's ``reseed`` hook if it has one),
+      so an epoch's draws do not depend on what ran before it in the process;
+    * a time budget (``time_budget_s``, checked at each epoch end) and ``stopped_by``, one of
+      :data:`STOP_REASONS`;
+    * a stop at the first non-finite loss, naming epoch, step and value (RecBole only checks NaN);
+    * :class:`TrainingInterrupted` on Ctrl-C, naming the checkpoint to resume from.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.time_budget_s = None
+        self.stopped_by = None
+        self.epoch_seconds = []  # training time of each epoch, validation excluded
+        self.fit_seconds = 0.0  # training and validation time, what the budget counts
+        self.last_checkpoint_file = None
+        self.epoch_in_progress, self.epoch_step = None, 0
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """Train until early stopping, the time budget or the last epoch; returns (best score, best result)."""
+        self.eval_collector.data_collect(train_data)
+        if saved:
+            self.last_checkpoint_file = self.last_checkpoint_file or last_checkpoint_path(self.saved_model_file)
+            if self.start_epoch == 0:
+                self._save_last(-1)  # so that a run stopped in its first epoch resumes too
+        self.stopped_by = "max_epochs"
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                if self._run_epoch(epoch, train_data, valid_data, verbose, saved, show_progress, callback_fn):
+                    self.stopped_by = "early_stopping"
+                    break
+                if self.time_budget_s is not None and self.fit_seconds >= self.time_budget_s and epoch + 1 < self.epochs:
+                    self.stopped_by = "time_budget"
+                    self.logger.info(f"Time budget of {self.time_budget_s:.0f} s reached after epoch {epoch}")
+                    break
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self.epoch_in_progress, self.last_checkpoint_file if saved else None) from None
+        return self.best_valid_score, self.best_valid_result
+
+    def _run_epoch(self, epoch, train_data, valid_data, verbose, saved, show_progress, callback_fn):
+        """Train and validate one epoch; returns True when early stopping says stop."""
+        self.epoch_in_progress, self.epoch_step = epoch, 0
+        self._seed_epoch(epoch, train_data)
+        start = time.perf_counter()
+        losses = self._train_epoch(train_data, epoch, show_progress=show_progress)
+        trained = time.perf_counter()
+        self.epoch_seconds.append(trained - start)
+        self.train_loss_dict[epoch] = sum(losses) if isinstance(losses, tuple) else losses
+        if verbose:
+            self.logger.info(self._generate_train_loss_output(epoch, start, trained, losses))
+        self._add_train_loss_to_tensorboard(epoch, losses)
+        stop = False
+        if not valid_data or self.eval_step <= 0:
+            if saved:
+                self._save_checkpoint(epoch, verbose=verbose)
+        elif (epoch + 1) % self.eval_step == 0:
+            stop = self._validate(epoch, valid_data, verbose, saved, show_progress, callback_fn)
+        self.fit_seconds += time.perf_counter() - start
+        if saved:
+            self._save_last(epoch)
+        return stop
+
+    def _validate(self, epoch, valid_data, verbose, saved, show_progress, callback_fn):
+        start = time.perf_counter()
+        valid_score, valid_result = self._valid_epoch(valid_data, show_progress=show_progress)
+        self.best_valid_score, self.cur_step, stop, improved = early_stopping(
+            valid_score, self.best_valid_score, self.cur_step, max_step=self.stopping_step, bigger=self.valid_metric_bigger
+        )
+        if verbose:
+            self.logger.info(
+                set_color(f"epoch {epoch} evaluating", "green")
+                + f" [time: {time.perf_counter() - start:.2f}s, valid_score: {valid_score:f}]"
+            )
+            self.logger.info(set_color("valid result", "blue") + ": \n" + dict2str(valid_result))
+        self.tensorboard.add_scalar("Vaild_score", valid_score, epoch)
+        if improved:
+            if saved:
+                self._save_checkpoint(epoch, verbose=verbose)
+            self.best_valid_result = valid_result
+        if callback_fn:
+            callback_fn(epoch, valid_score)
+        if stop and verbose:
+            self.logger.info(f"Finished training, best eval result in epoch {epoch - self.cur_step * self.eval_step}")
+        return stop
+
+    def _seed_epoch(self, epoch, train_data):
+        seed = epoch_seed(self.config["seed"], epoch)
+        init_seed(seed, self.config["reproducibility"])
+        if isinstance(train_data, SessionParallelDataLoader):
+            train_data.set_epoch(epoch)
+        else:
+            train_data.generator.manual_seed(seed)  # RecBole's loaders shuffle with their own generator
+        reseed = getattr(self.model, "reseed", None)
+        if reseed is not None:
+            reseed(seed)
+
+    def _save_last(self, epoch):
+        state = self._checkpoint_state(epoch, kind="last")
+        state.update(
+            best_checkpoint=self.saved_model_file,
+            best_valid_result=None if self.best_valid_result is None else {k: float(v) for k, v in self.best_valid_result.items()},
+            train_loss_dict={int(k): float(v) for k, v in self.train_loss_dict.items()},
+            epoch_seconds=list(self.epoch_seconds),
+            fit_seconds=self.fit_seconds,
+        )
+        write_checkpoint(state, self.last_checkpoint_file)
+
+    def resume_checkpoint(self, resume_file):
+        """Continue from a ``last`` checkpoint: model, optimizer, early-stopping state and history."""
+        checkpoint = load_checkpoint(resume_file, kind="last")
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint["best_valid_result"]
+        self.train_loss_dict = dict(checkpoint["train_loss_dict"])
+        self.epoch_seconds = list(checkpoint["epoch_seconds"])
+        self.fit_seconds = checkpoint["fit_seconds"]
+        self.saved_model_file = checkpoint["best_checkpoint"]
+        self.last_checkpoint_file = str(resume_file)
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def _check_nan(self, loss):
+        # RecBole's _train_epoch calls this once per step; it only looked for NaN.
+        self._check_finite(loss.item())
+
+    def _check_finite(self, value):
+        if not math.isfinite(value):
+            last = self.last_checkpoint_file or "not written (saved=False)"
+            raise NonFiniteLossError(
+                f"training loss is {value} at epoch {self.epoch_in_progress}, step {self.epoch_step}; "
+                f"training stopped, the last good checkpoint is {last}"
+            )
+        self.epoch_step += 1
+
+
+def with_run_control(trainer_cls):
+    """``trainer_cls`` (any RecBole trainer) with :class:`RunControl` mixed in."""
+    if issubclass(trainer_cls, RunControl):
+        return trainer_cls
+    return type(trainer_cls.__name__, (RunControl, trainer_cls), {"__doc__": trainer_cls.__doc__})
+
+
+class SessionParallelTrainer(RunControl, Trainer):
     """RecBole's :class:`~recbole.trainer.Trainer`, changed where GRU4RecPaper needs it.
 
     * ``fit`` replaces RecBole's prefix-augmented training loader by a :class:`SessionParallelDataLoader`
       over the same training split, so RecBole's documented pipeline trains session-parallel unchanged.
     * ``_train_epoch`` is RecBole's loop without what a one-event step does not need (per-step device
       copies: the loader builds its steps on the device; mixed precision and multi-GPU are refused by the
-      option check), and it stops at the first non-finite loss, naming epoch and step.
+      option check).
     * ``learner: adagrad_momentum`` builds :class:`AdagradMomentum` (with ``momentum``).
-    * Checkpoints load with ``torch.load(weights_only=True)`` (see :class:`~recbole_gru4rec.compat.SafeCheckpoints`).
-    Everything else (evaluation, early stopping, logging) is RecBole's own.
+    Epochs, checkpoints, resuming and the loss check are :class:`RunControl`'s; evaluation is RecBole's.
     """
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """Train as RecBole does, one session-parallel step per optimizer update."""
         if not isinstance(train_data, SessionParallelDataLoader):
             train_data = SessionParallelDataLoader(self.config, train_data._dataset)
-        train_data.set_epoch(self.start_epoch)
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.epoch_in_progress, self.epoch_step = epoch_idx, 0
         self.model.train()
         loss_func = loss_func or self.model.calculate_loss
         steps = train_data
         if show_progress:
             steps = tqdm(train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink"))
         total_loss = 0.0
-        for step, interaction in enumerate(steps):
+        for interaction in steps:
             self.optimizer.zero_grad()
             loss = loss_func(interaction)
             value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"training loss is {value} at epoch {epoch_idx}, step {step}; training stopped, the last good "
-                    f"checkpoint is {self.saved_model_file}"
-                )
+            self._check_finite(value)
             total_loss += value
             loss.backward()
             if self.clip_grad_norm:

@@ -1,0 +1,315 @@
+"""Several models, one protocol: ``python run.py --leaderboard --dataset=D --models=A,B:config.yaml,...``.
+
+Each entry is ``MODEL`` or ``MODEL:CONFIG.yaml``; the file holds that model's own hyperparameters only
+(protocol keys are refused, see :data:`PROTOCOL_KEYS`). Every entry runs as its own ``run.py`` process,
+one after another (its peak memory is its own; never two at once), with the same protocol files, seed
+and early-stopping rule. After each entry, ``leaderboard-D.json``, ``.md`` and ``.png`` are rewritten, so
+a killed leaderboard keeps every finished row; the same command later skips the finished rows and
+resumes an unfinished entry from its last epoch checkpoint.
+"""
+
+import datetime
+import glob
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+
+import yaml
+
+from recbole_gru4rec import compat
+from recbole_gru4rec.errors import UsageError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Keys that define the comparison itself; an entry's own config file must not change them.
+PROTOCOL_KEYS = (
+    "seed", "reproducibility", "dataset", "data_path", "load_col", "eval_args", "metrics", "topk", "valid_metric",
+    "valid_metric_bigger", "eval_batch_size", "epochs", "stopping_step", "eval_step", "MAX_ITEM_LIST_LENGTH",
+    "user_inter_num_interval", "item_inter_num_interval", "val_interval", "rm_dup_inter", "filter_inter_by_user_or_item",
+    "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "use_gpu", "gpu_id", "checkpoint_dir",
+)
+TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "mrr@20")
+
+
+class Entry:
+    """One leaderboard row to produce: a model and, optionally, the config file of its hyperparameters."""
+
+    def __init__(self, spec):
+        model, _, config_file = spec.partition(":")
+        if not model:
+            raise UsageError(f"--models entry {spec!r}: expected MODEL or MODEL:CONFIG.yaml")
+        compat.model_class(model)  # a one-line error for an unknown model, before anything runs
+        self.model = model
+        self.config_file = config_file or None
+        stem = os.path.splitext(os.path.basename(config_file))[0] if config_file else "default"
+        self.config_name = stem.removeprefix(f"{model}-") or stem  # GRU4RecPaper-tuned.yaml: "tuned"
+        if self.config_file is not None:
+            check_entry_config(self.config_file)
+
+    @property
+    def key(self):
+        """What identifies the entry's row."""
+        return f"{self.model}:{self.config_name}"
+
+
+def check_entry_config(path):
+    """An entry's config file exists, is YAML, and sets no protocol key."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--models: config file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            settings = yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"--models: config file {path!r} is not valid YAML ({' '.join(str(error).split())[:100]})") from None
+    if not isinstance(settings, dict):
+        raise UsageError(f"--models: config file {path!r} must hold KEY: VALUE lines")
+    shared = sorted(set(settings) & set(PROTOCOL_KEYS))
+    if shared:
+        raise UsageError(
+            f"--models: config file {path!r} sets {', '.join(shared)}: the protocol is shared by every model "
+            "(give it to the whole leaderboard with --config_files)"
+        )
+
+
+def parse_entries(models):
+    """``--models=A,B:file.yaml`` as a list of :class:`Entry`, each key once."""
+    entries = [Entry(spec.strip()) for spec in models.split(",") if spec.strip()]
+    if not entries:
+        raise UsageError("--models is empty: give e.g. --models=GRU4RecPaper,GRU4Rec,SASRec,NARM,Pop")
+    keys = [entry.key for entry in entries]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise UsageError(f"--models lists {', '.join(duplicates)} twice")
+    return entries
+
+
+def machine():
+    """CPU model and cores, GPU model when one is used."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "gpu": gpu, "torch_threads": torch.get_num_threads()}
+
+
+def versions():
+    """Versions of everything a result depends on."""
+    import numpy
+    import pandas
+    import recbole
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "recbole": recbole.__version__,
+            "numpy": numpy.__version__, "pandas": pandas.__version__, "recbole_gru4rec_commit": commit}
+
+
+def protocol_of(result):
+    """The protocol part of a run's recorded config (identical for every row of one leaderboard)."""
+    return {key: value for key, value in result["config"].items() if key in PROTOCOL_KEYS}
+
+
+def row_from(entry, result):
+    """A leaderboard row from the result record of one ``run.py`` process."""
+    seconds = result["train_seconds_per_epoch"]
+    return {
+        "model": entry.model,
+        "config_name": entry.config_name,
+        "config_file": entry.config_file,
+        "test_result": result["test_result"],
+        "best_valid_result": result["best_valid_result"],
+        "epochs": result["epochs"],
+        "stopped_by": result["stopped_by"],
+        "train_seconds_per_epoch": round(statistics.median(seconds), 3) if seconds else None,
+        "train_seconds_total": result["train_seconds_total"],
+        "train_events_per_second": result["train_events_per_second"],
+        "eval_seconds": result["test_seconds"],
+        "peak_rss_mb": result["peak_rss_mb"],
+        "config": result["config"],
+    }
+
+
+class Leaderboard:
+    """The rows of ``leaderboard-DATASET.json`` and the files written from them."""
+
+    def __init__(self, dataset, output_dir):
+        self.dataset = dataset
+        self.json_file = os.path.join(output_dir, f"leaderboard-{dataset}.json")
+        self.header, self.rows = None, []
+        if os.path.isfile(self.json_file):
+            with open(self.json_file, encoding="utf-8") as f:
+                saved = json.load(f)
+            self.header, self.rows = saved["header"], saved["rows"]
+
+    def row(self, entry):
+        """The finished row of ``entry``, or None."""
+        return next((row for row in self.rows if f"{row['model']}:{row['config_name']}" == entry.key), None)
+
+    def add(self, entry, row, header):
+        """Record one finished row (replacing an older one of the same entry) and rewrite every output."""
+        if self.rows and self.header["protocol"] != header["protocol"]:
+            raise UsageError(
+                f"{self.json_file} holds rows of another protocol; move it away or pass --rerun=true"
+            )
+        self.header = header
+        self.rows = [old for old in self.rows if f"{old['model']}:{old['config_name']}" != entry.key] + [row]
+        self.write()
+
+    def write(self):
+        """Write the .json, .md and .png files."""
+        base = os.path.splitext(self.json_file)[0]
+        os.makedirs(os.path.dirname(os.path.abspath(self.json_file)), exist_ok=True)
+        write_atomic(self.json_file, json.dumps({"header": self.header, "rows": self.rows}, indent=2) + "\n")
+        write_atomic(f"{base}.md", markdown(self.header, self.rows))
+        plot(self.header, self.rows, f"{base}.png")
+
+
+def write_atomic(path, text):
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(partial, path)
+
+
+def _label(row):
+    name = row["model"] if row["config_name"] == "default" else f"{row['model']} ({row['config_name']})"
+    return name + (" [time budget]" if row["stopped_by"] == "time_budget" else "")
+
+
+def markdown(header, rows):
+    """The leaderboard as a Markdown table, best test NDCG@10 first, with its header."""
+    ranked = sorted(rows, key=lambda row: -row["test_result"].get("ndcg@10", float("-inf")))
+    lines = [
+        f"# Leaderboard: {header['dataset']}",
+        "",
+        f"Command: `{header['command']}`  ",
+        f"Machine: {header['machine']['cpu']} ({header['machine']['cpu_cores']} cores), GPU: {header['machine']['gpu'] or 'none'}  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()) + "  ",
+        f"Seed {header['protocol'].get('seed')}; protocol: {json.dumps(header['protocol'], sort_keys=True)}  ",
+        f"Time budget per model: {header['time_budget_min'] or 'none'} min. Test metrics of the best-validation epoch.",
+        "",
+        "| model | " + " | ".join(TABLE_METRICS) + " | epochs | stopped by | s/epoch (median) | train s | events/s | eval s | peak MiB |",
+        "|---|" + "---:|" * len(TABLE_METRICS) + "---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in ranked:
+        metrics = " | ".join(f"{row['test_result'].get(name, float('nan')):.4f}" for name in TABLE_METRICS)
+        lines.append(
+            f"| {_label(row)} | {metrics} | {row['epochs']} | {row['stopped_by']} | {row['train_seconds_per_epoch']:.2f} | "
+            f"{row['train_seconds_total']:.0f} | {row['train_events_per_second']:.0f} | {row['eval_seconds']:.1f} | "
+            f"{row['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(header, rows, path):
+    """Test NDCG@10 against total training time, one point per row; time-budgeted rows drawn hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        budgeted = row["stopped_by"] == "time_budget"
+        x, y = max(row["train_seconds_total"], 1e-3), row["test_result"].get("ndcg@10", float("nan"))
+        axes.scatter([x], [y], s=60, facecolors="none" if budgeted else "C0", edgecolors="C0")
+        axes.annotate(_label(row), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    axes.set_xscale("log")
+    axes.set_xlabel("total training time (s, log scale)")
+    axes.set_ylabel("test NDCG@10")
+    axes.set_title(f"{header['dataset']}: accuracy against training time ({header['machine']['cpu_cores']} CPU cores"
+                   + (f", {header['machine']['gpu']}" if header["machine"]["gpu"] else "") + ")", fontsize=9)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def checkpoint_dir(dataset, entry):
+    """Where an entry's checkpoints live, so that a later run of the same leaderboard finds them."""
+    return os.path.join("saved", "leaderboard", dataset, entry.key.replace(":", "-"))
+
+
+def latest_last_checkpoint(folder):
+    """The newest ``*-last.pth`` in ``folder``, or None."""
+    found = sorted(glob.glob(os.path.join(folder, "*-last.pth")), key=os.path.getmtime)
+    return found[-1] if found else None
+
+
+def entry_command(entry, dataset, config_files, overrides, time_budget_min, result_file, resume):
+    """The ``run.py`` command line of one entry."""
+    files = list(config_files) + ([entry.config_file] if entry.config_file else [])
+    command = [sys.executable, os.path.join(REPO, "run.py"), f"--model={entry.model}", f"--dataset={dataset}"]
+    if files:
+        command.append(f"--config_files={','.join(files)}")
+    command += [f"--{key}={value}" for key, value in overrides.items()]
+    command += [f"--checkpoint_dir={checkpoint_dir(dataset, entry)}", f"--result_file={result_file}"]
+    if time_budget_min is not None:
+        command.append(f"--time_budget_min={time_budget_min}")
+    if resume is not None:
+        command.append(f"--resume={resume}")
+    return command
+
+
+def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budget_min=None, output_dir="results",
+                    rerun=False, command_line=""):
+    """Train and evaluate every entry of ``models`` in turn and write the leaderboard files; returns them."""
+    entries = parse_entries(models)
+    overrides = dict(overrides or {})
+    shared = sorted(set(overrides) & {"checkpoint_dir", "result_file"})
+    if shared:
+        raise UsageError(f"--leaderboard chooses {', '.join(shared)} itself; leave it out")
+    for path in config_files:
+        if not os.path.isfile(path):
+            raise UsageError(f"config file {path!r} does not exist")
+    board = Leaderboard(dataset, output_dir)
+    header = {"dataset": dataset, "command": command_line, "machine": machine(), "versions": versions(),
+              "time_budget_min": time_budget_min, "date": datetime.date.today().isoformat()}
+    os.makedirs(output_dir, exist_ok=True)
+    for entry in entries:
+        if board.row(entry) is not None and not rerun:
+            print(f"leaderboard: {entry.key} is already in {board.json_file} (skipped; --rerun=true trains it again)")
+            continue
+        result_file = os.path.join(output_dir, f".leaderboard-{dataset}-{entry.key.replace(':', '-')}.json")
+        resume = None if rerun else latest_last_checkpoint(checkpoint_dir(dataset, entry))
+        command = entry_command(entry, dataset, config_files, overrides, time_budget_min, result_file, resume)
+        print(f"leaderboard: {entry.key}" + (f" (resuming {resume})" if resume else ""), flush=True)
+        print("  " + " ".join(shlex.quote(part) for part in command), flush=True)
+        process = subprocess.Popen(command)
+        try:
+            returncode = process.wait()
+        except KeyboardInterrupt:
+            returncode = process.wait()  # the run got the same Ctrl-C: it ends after naming its checkpoint
+        if returncode != 0:
+            raise LeaderboardStopped(entry.key, returncode)
+        with open(result_file, encoding="utf-8") as f:
+            result = json.load(f)
+        os.remove(result_file)
+        board.add(entry, row_from(entry, result), dict(header, protocol=protocol_of(result)))
+        print(f"leaderboard: {entry.key} done, test NDCG@10 {result['test_result'].get('ndcg@10', float('nan')):.4f}; "
+              f"{board.json_file} updated", flush=True)
+    if board.header is None:
+        raise UsageError("no leaderboard row was produced")
+    board.write()
+    return board
+
+
+class LeaderboardStopped(RuntimeError):
+    """An entry's run.py process failed or was interrupted; finished rows are kept."""
+
+    def __init__(self, key, returncode):
+        super().__init__(f"{key} stopped with exit code {returncode}; the rows finished so far are kept, and the "
+                         "same command resumes")
+        self.returncode = returncode
