@@ -20,7 +20,7 @@ import sys
 
 import yaml
 
-from recbole_gru4rec import compat
+from recbole_gru4rec import compat, pipeline
 from recbole_gru4rec.errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -248,6 +248,21 @@ def latest_last_checkpoint(folder):
     return found[-1] if found else None
 
 
+def resumable_checkpoint(entry, dataset, config_files, overrides):
+    """The entry's unfinished run to continue: its newest last checkpoint, if it has this exact config."""
+    checkpoint = latest_last_checkpoint(checkpoint_dir(dataset, entry))
+    if checkpoint is None:
+        return None
+    files = list(config_files) + ([entry.config_file] if entry.config_file else [])
+    settings = dict(overrides, checkpoint_dir=checkpoint_dir(dataset, entry))
+    try:
+        pipeline.check_resume(pipeline.build_config(entry.model, dataset, files, settings), checkpoint)
+    except UsageError as mismatch:
+        print(f"leaderboard: {entry.key}: not resuming {checkpoint} ({mismatch}); training from the start")
+        return None
+    return checkpoint
+
+
 def entry_command(entry, dataset, config_files, overrides, time_budget_min, result_file, resume):
     """The ``run.py`` command line of one entry."""
     files = list(config_files) + ([entry.config_file] if entry.config_file else [])
@@ -283,7 +298,7 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
             print(f"leaderboard: {entry.key} is already in {board.json_file} (skipped; --rerun=true trains it again)")
             continue
         result_file = os.path.join(output_dir, f".leaderboard-{dataset}-{entry.key.replace(':', '-')}.json")
-        resume = None if rerun else latest_last_checkpoint(checkpoint_dir(dataset, entry))
+        resume = None if rerun else resumable_checkpoint(entry, dataset, config_files, overrides)
         command = entry_command(entry, dataset, config_files, overrides, time_budget_min, result_file, resume)
         print(f"leaderboard: {entry.key}" + (f" (resuming {resume})" if resume else ""), flush=True)
         print("  " + " ".join(shlex.quote(part) for part in command), flush=True)
@@ -297,6 +312,8 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
         with open(result_file, encoding="utf-8") as f:
             result = json.load(f)
         os.remove(result_file)
+        for finished in glob.glob(os.path.join(checkpoint_dir(dataset, entry), "*-last.pth")):
+            os.remove(finished)  # the row is written: nothing left to resume
         board.add(entry, row_from(entry, result), dict(header, protocol=protocol_of(result)))
         print(f"leaderboard: {entry.key} done, test NDCG@10 {result['test_result'].get('ndcg@10', float('nan')):.4f}; "
               f"{board.json_file} updated", flush=True)

@@ -92,6 +92,12 @@ def validate(config):
         )
     if config["logq"] > 0 and config["loss_type"] != "CE":
         raise OptionError(f"GRU4RecPaper option logq={config['logq']} needs loss_type CE, got {config['loss_type']!r}")
+    negatives = config["train_neg_sample_args"]
+    if isinstance(negatives, dict) and negatives.get("distribution", "none") != "none":
+        raise OptionError(
+            f"RecBole option train_neg_sample_args={negatives!r} does not apply to GRU4RecPaper, whose negatives "
+            "are the mini-batch's other targets: set train_neg_sample_args: ~ and use n_sample / sample_alpha"
+        )
     if config["enable_amp"] or config["single_spec"] is False:
         raise OptionError("GRU4RecPaper trains on one device in float32: set enable_amp: False and run one process")
     weight_decay = config["weight_decay"] or 0.0

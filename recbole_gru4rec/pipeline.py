@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from logging import getLogger
 
+import pandas as pd
 import recbole
 import yaml
 from recbole.config import Config
@@ -55,12 +56,25 @@ def build_config(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overr
     except yaml.YAMLError as error:
         raise UsageError(f"a config file is not valid YAML: {' '.join(str(error).split())}") from None
     compat.honour_use_gpu(config)
+    check_valid_metric(config)
     if model in compat.plugin_models():
         user_keys = [key for key in config.external_config_dict if key not in config.internal_config_dict]
         for key, option in options.misspelt_options(user_keys):
             getLogger().warning(f"config key {key!r} is no GRU4RecPaper or RecBole option: did you mean {option!r}?")
         options.validate(config)
     return config
+
+
+def check_valid_metric(config):
+    """Early stopping needs ``valid_metric`` among the computed metrics (RecBole fails after an epoch otherwise)."""
+    name, _, k = config["valid_metric"].lower().partition("@")
+    metrics = [metric.lower() for metric in config["metrics"]]
+    topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    if name not in metrics or (k and int(k) not in topk):
+        raise UsageError(
+            f"valid_metric={config['valid_metric']} is not computed: metrics are {config['metrics']} at topk={topk}; "
+            "pick one of them or add it"
+        )
 
 
 def _recbole_download_url(dataset):
@@ -87,18 +101,92 @@ def check_dataset_files(config):
         raise UsageError(f"dataset {dataset!r} is not in {parent or '.'}/ and cannot be downloaded ({reason}); {where}") from None
 
 
+def check_inter_file(config):
+    """Refuse, in one line, an interaction file without the user, item or numeric time column.
+
+    RecBole itself would stop with a KeyError or a pandas conversion traceback; here the message names
+    the file, the missing column or the first bad value and its line.
+    """
+    path = os.path.join(config["data_path"], f"{config['dataset']}.inter")
+    separator, encoding = config["field_separator"] or "\t", config["encoding"] or "utf-8"
+    with open(path, encoding=encoding) as f:
+        header = f.readline().rstrip("\r\n").split(separator)
+    types = dict(column.split(":", 1) if ":" in column else (column, "?") for column in header)
+    for role in ("USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD"):
+        field = config[role]
+        if field not in types:
+            raise UsageError(
+                f"{path} has no column {field!r} ({role}); its header is {separator.join(header)!r}: sequential "
+                f"models need {config['USER_ID_FIELD']}, {config['ITEM_ID_FIELD']} and {config['TIME_FIELD']}"
+            )
+    time_field = config["TIME_FIELD"]
+    if types[time_field] != "float":
+        raise UsageError(f"{path}: column {time_field!r} has type {types[time_field]!r}; it must be {time_field}:float (numbers)")
+    times = pd.read_csv(path, sep=separator, encoding=encoding, usecols=[f"{time_field}:float"], dtype=str,
+                        keep_default_na=False, engine="python" if len(separator) > 1 else "c").iloc[:, 0]
+    bad = pd.to_numeric(times.str.strip(), errors="coerce").isna().to_numpy().nonzero()[0]
+    if len(bad):
+        raise UsageError(
+            f"{path}: {time_field} {times.iloc[bad[0]]!r} on line {bad[0] + 2} is not a number ({len(bad)} such "
+            "lines); give times as numbers, e.g. Unix seconds"
+        )
+
+
+def load_dataset(config):
+    """RecBole's ``create_dataset``, with its configuration errors (an empty table after filtering) in one line."""
+    try:
+        return create_dataset(config)
+    except ValueError as error:
+        filters = ", ".join(f"{key}={config[key]}" for key in ("user_inter_num_interval", "item_inter_num_interval",
+                                                              "val_interval") if config[key])
+        hint = f" (filters: {filters})" if filters else ""
+        raise UsageError(f"RecBole cannot load dataset {config['dataset']!r}: {error}{hint}") from None
+
+
 def check_dataset(config, dataset):
-    """Refuse, in one line, a dataset without its time field or without any training target."""
+    """Refuse, in one line, a dataset without training targets; warn about rows RecBole keeps or drops quietly."""
     time_field = config["TIME_FIELD"]
     if not time_field or time_field not in dataset.field2type:
         raise UsageError(
             f"dataset {config['dataset']!r} has no time field {time_field!r}: sequential models need it "
             "(set TIME_FIELD and load it in load_col)"
         )
-    events_per_user = dataset.inter_feat[dataset.uid_field].value_counts()  # the loaded table, before splitting
+    table = dataset.inter_feat  # the loaded table, before splitting
+    events_per_user = table[dataset.uid_field].value_counts()
     if len(events_per_user) == 0 or events_per_user.max() < 2:
         raise UsageError(
             f"dataset {config['dataset']!r} has no user with 2 or more events left after filtering: nothing to train on"
+        )
+    n_items = dataset.item_num - 1  # id 0 is padding
+    if max(config["topk"]) > n_items:
+        raise UsageError(
+            f"dataset {config['dataset']!r} has {n_items} items, fewer than topk={config['topk']}: set --topk to at most {n_items}"
+        )
+    logger = getLogger()
+    single = int((events_per_user == 1).sum())
+    if single:
+        logger.warning(f"{single} users have a single event: nothing to predict from, so they are in no split")
+    duplicates = int(table.duplicated([dataset.uid_field, dataset.iid_field, time_field]).sum())
+    if duplicates:
+        logger.warning(
+            f"{duplicates} rows repeat the user, item and time of an earlier row; they are kept as repeated events "
+            "(RecBole's default): set rm_dup_inter: first to drop repeated user-item pairs"
+        )
+
+
+def check_split(train_data, test_data):
+    """Warn when test targets are items that no training sequence holds (they keep untrained scores)."""
+    train = train_data._dataset
+    seen = set(train.inter_feat[train.iid_field].numpy().tolist())
+    list_field = train.iid_field + train.config["LIST_SUFFIX"]
+    if list_field in train.inter_feat:
+        seen.update(train.inter_feat[list_field].numpy().ravel().tolist())
+    targets = test_data._dataset.inter_feat[train.iid_field].numpy()
+    cold = int(sum(item not in seen for item in targets.tolist()))
+    if cold:
+        getLogger().warning(
+            f"{cold} of {len(targets)} test targets are items never seen in training; they are ranked with "
+            "untrained scores, as in RecBole"
         )
 
 
@@ -146,10 +234,12 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
     logger = getLogger()
     logger.info(config)
     check_dataset_files(config)
-    data = create_dataset(config)
+    check_inter_file(config)
+    data = load_dataset(config)
     check_dataset(config, data)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    check_split(train_data, test_data)
     train_dataset = train_data._dataset
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])

@@ -28,7 +28,11 @@ from recbole_gru4rec.session_data import user_sessions
 
 
 def read_titles(config):
-    """raw item id -> (title, year) from the dataset's .item file, or {} when there is none."""
+    """raw item id -> (title, year) from the dataset's .item file, or {} when there is none.
+
+    The title is the one free-text column, so a line with more tab-separated fields than the header has
+    tabs inside its title: they are kept as part of it. Lines with fewer fields than the header are skipped.
+    """
     path = os.path.join(config["data_path"], f"{config['dataset']}.item")
     if not os.path.isfile(path):
         return {}
@@ -39,12 +43,15 @@ def read_titles(config):
         title_column = next((name for name in ("movie_title", "title", "name") if name in columns), None)
         if config["ITEM_ID_FIELD"] not in columns or title_column is None:
             return {}
-        year = columns.get("release_year")
-        return {
-            row[columns[config["ITEM_ID_FIELD"]]]: (row[columns[title_column]], row[year] if year is not None else "")
-            for row in rows
-            if len(row) == len(header)
-        }
+        item, title, year = columns[config["ITEM_ID_FIELD"]], columns[title_column], columns.get("release_year")
+        titles = {}
+        for row in rows:
+            extra = len(row) - len(header)
+            if extra < 0:
+                continue
+            row = row[:title] + ["\t".join(row[title : title + extra + 1])] + row[title + extra + 1 :]
+            titles[row[item]] = (row[title], row[year] if year is not None else "")
+        return titles
 
 
 class Recommender:

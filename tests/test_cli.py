@@ -18,7 +18,6 @@ def tiny(tmp_path_factory):
     sessions = random_sessions(0, users=40, items=30, min_length=8, max_length=20)
     folder = tmp_path_factory.mktemp("tiny")
     write_inter(folder, "tiny", sessions_dataset_rows(sessions))
-    write_inter(folder, "notime", [(1, 2), (1, 3), (1, 4), (2, 3)], header="user_id:token\titem_id:token")
     write_inter(folder, "single", [(1, 2, 10), (2, 3, 11), (3, 2, 12)])
     return str(folder)
 
@@ -40,6 +39,7 @@ def run_cli(args, capsys):
         (["--n_sample=-1"], "n_sample=-1 is not allowed: expected an integer >= 0"),
         (["--dropout_prob_hidden=1.5"], "dropout_prob_hidden=1.5 is not allowed: expected a number in [0.0, 1.0)"),
         (["--logq=1.0"], "logq=1.0 needs loss_type CE"),
+        (["--topk=[5]"], "valid_metric=NDCG@10 is not computed: metrics are ['Recall', 'MRR', 'NDCG', 'Hit'] at topk=[5]"),
         (["--config_files=nosuch.yaml"], "config file 'nosuch.yaml' does not exist"),
         (["positional"], "argument 'positional' is not of the form --KEY=VALUE"),
         (["--dataset=nosuch", "--data_path=/nonexistent"], "dataset 'nosuch' not found: no file /nonexistent/nosuch/nosuch.inter"),
@@ -50,11 +50,6 @@ def test_bad_input_is_one_line_before_training(args, message, capsys):
     assert code == 2
     assert err[-1].startswith("run.py: error: ") and message in err[-1]
     assert "Traceback" not in "\n".join(err) and "training" not in out
-
-
-def test_dataset_without_time_field(tiny, capsys):
-    code, _, err = run_cli(["--dataset=notime", f"--data_path={tiny}"], capsys)
-    assert code == 2 and "dataset 'notime' has no time field 'timestamp'" in err[-1]
 
 
 def test_dataset_without_any_training_target(tiny, capsys):

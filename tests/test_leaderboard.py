@@ -1,0 +1,69 @@
+"""run.py --leaderboard end to end on a tiny budget, and its refusals."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from recbole_gru4rec.cli import main
+from recbole_gru4rec.leaderboard import markdown
+
+
+def leaderboard(cwd, *args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "run.py"), "--leaderboard", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_two_models_one_epoch_on_ml100k(tmp_path):
+    entry_config = tmp_path / "GRU4RecPaper-bpr.yaml"
+    entry_config.write_text("loss_type: BPR\n")
+    args = ["--dataset=ml-100k", f"--models=GRU4RecPaper:{entry_config},Pop", "--epochs=1", "--output_dir=out"]
+    process = leaderboard(tmp_path, *args)
+    assert process.returncode == 0, process.stderr[-3000:]
+    board = json.loads((tmp_path / "out" / "leaderboard-ml-100k.json").read_text())
+    header, rows = board["header"], board["rows"]
+    assert [(row["model"], row["config_name"]) for row in rows] == [("GRU4RecPaper", "bpr"), ("Pop", "default")]
+    for row in rows:
+        assert set(row["test_result"]) >= {"recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "mrr@20"}
+        assert row["epochs"] == 1 and row["stopped_by"] == "max_epochs"
+        assert row["train_seconds_per_epoch"] > 0 and row["train_events_per_second"] > 0 and row["peak_rss_mb"] > 0
+        assert set(row["best_valid_result"]) == set(row["test_result"])
+    assert rows[0]["config"]["loss_type"] == "BPR"  # the entry's own file reached the run
+    assert header["protocol"]["seed"] == 2020 and header["protocol"]["MAX_ITEM_LIST_LENGTH"] == 50
+    assert header["machine"]["cpu_cores"] >= 1 and header["versions"]["recbole"] == "1.2.1"
+    table = (tmp_path / "out" / "leaderboard-ml-100k.md").read_text()
+    assert "| GRU4RecPaper (bpr) |" in table and "| Pop |" in table
+    assert (tmp_path / "out" / "leaderboard-ml-100k.png").read_bytes()[:4] == b"\x89PNG"
+
+    again = leaderboard(tmp_path, *args)  # finished rows are not trained again
+    assert again.returncode == 0 and again.stdout.count("already in") == 2, again.stderr[-2000:]
+
+
+def test_markdown_marks_time_budgeted_rows():
+    row = {"model": "SASRec", "config_name": "default", "test_result": {"ndcg@10": 0.1}, "epochs": 3,
+           "stopped_by": "time_budget", "train_seconds_per_epoch": 10.0, "train_seconds_total": 30.0,
+           "train_events_per_second": 100.0, "eval_seconds": 1.0, "peak_rss_mb": 500.0}
+    header = {"dataset": "d", "command": "c", "machine": {"cpu": "x", "cpu_cores": 2, "gpu": None}, "versions": {},
+              "protocol": {"seed": 1}, "time_budget_min": 0.5}
+    assert "| SASRec [time budget] | nan | nan | 0.1000 |" in markdown(header, [row])
+
+
+@pytest.mark.parametrize(
+    "models,config_text,message",
+    [
+        ("GRU4RecPaper,Nope", None, "unknown model 'Nope'"),
+        ("GRU4RecPaper,GRU4RecPaper", None, "--models lists GRU4RecPaper:default twice"),
+        ("GRU4RecPaper:{config}", "epochs: 5\nloss_type: BPR\n", "sets epochs: the protocol is shared by every model"),
+        ("GRU4RecPaper:missing.yaml", None, "config file 'missing.yaml' does not exist"),
+    ],
+)
+def test_bad_leaderboards_are_one_line_errors(models, config_text, message, tmp_path, capsys):
+    config = tmp_path / "entry.yaml"
+    if config_text is not None:
+        config.write_text(config_text)
+    code = main(["--leaderboard", f"--models={models.format(config=config)}", f"--output_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("run.py --leaderboard: error: ") and message in err[0]

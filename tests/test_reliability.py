@@ -1,0 +1,201 @@
+"""Runs that die lose nothing, one seed gives one result, and bad numbers or options stop a run in one line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, random_sessions, sessions_dataset_rows, write_inter
+from recbole_gru4rec import compat, options, pipeline
+from recbole_gru4rec.errors import UsageError
+from recbole_gru4rec.trainer import NonFiniteLossError, RunControl, TrainingInterrupted
+
+# GRU4RecPaper with every random stream in use: dropout, shuffled sessions, sampled negatives.
+RANDOM_PAPER = {"n_sample": 16, "dropout_prob_hidden": 0.3, "session_order": "shuffle"}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """60 users with 10-30 events over 40 items: a few hundred training steps per epoch."""
+    folder = tmp_path_factory.mktemp("small")
+    write_inter(folder, "small", sessions_dataset_rows(random_sessions(1, users=60, items=40, min_length=10, max_length=30)))
+    return str(folder)
+
+
+def settings(small, tmp_path, **extra):
+    return {"data_path": small, "checkpoint_dir": str(tmp_path), "state": "ERROR", "epochs": 5, "stopping_step": 100,
+            "show_progress": False, **extra}
+
+
+def run(model, small, tmp_path, saved=False, **extra):
+    return pipeline.run(model, "small", overrides=settings(small, tmp_path, **extra), saved=saved)
+
+
+def interrupt_at(monkeypatch, epoch, step):
+    """Make the next run raise KeyboardInterrupt mid-epoch, as Ctrl-C would."""
+    check = RunControl._check_finite
+
+    def interrupting(self, value):
+        if self.epoch_in_progress == epoch and self.epoch_step == step:
+            raise KeyboardInterrupt
+        check(self, value)
+
+    monkeypatch.setattr(RunControl, "_check_finite", interrupting)
+
+
+# RecBole's GRU4Rec takes this training split in one batch of 2048: its epoch is one step.
+@pytest.mark.parametrize("model,extra,step", [("GRU4RecPaper", RANDOM_PAPER, 3), ("GRU4Rec", {}, 0)])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(model, extra, step, small, tmp_path, monkeypatch):
+    whole = run(model, small, tmp_path / "whole", saved=True, **extra)
+    with monkeypatch.context() as patch:
+        interrupt_at(patch, epoch=2, step=step)
+        with pytest.raises(TrainingInterrupted) as stopped:
+            run(model, small, tmp_path / "cut", saved=True, **extra)
+    assert stopped.value.epoch == 2 and torch.load(stopped.value.checkpoint, weights_only=True)["epoch"] == 1
+    resumed = pipeline.run(model, "small", overrides=settings(small, tmp_path / "cut", **extra), resume=stopped.value.checkpoint)
+    assert resumed["test_result"] == whole["test_result"]
+    assert resumed["train_loss_per_epoch"] == whole["train_loss_per_epoch"] and resumed["epochs"] == whole["epochs"] == 5
+
+
+def run_py(args, **kwargs):
+    return subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def wait_for_epoch(folder, epoch, process, timeout=120):
+    """Wait until a last checkpoint in ``folder`` records ``epoch``; returns its path."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be stopped"
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            if name.endswith("-last.pth"):
+                path = os.path.join(folder, name)
+                try:
+                    if torch.load(path, weights_only=True)["epoch"] >= epoch:
+                        return path
+                except (OSError, RuntimeError, EOFError):
+                    pass  # replaced while being read
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint of epoch {epoch} in {timeout} s")
+
+
+def cli_args(small, folder, result_file, epochs):
+    return ["--dataset=small", f"--data_path={small}", f"--checkpoint_dir={folder}", f"--epochs={epochs}",
+            "--stopping_step=100", f"--result_file={result_file}", "--state=ERROR",
+            *(f"--{key}={value}" for key, value in RANDOM_PAPER.items())]
+
+
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(small, tmp_path):
+    epochs = 12
+    whole = run_py(cli_args(small, tmp_path / "whole", tmp_path / "whole.json", epochs))
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-2000:]
+    args = cli_args(small, tmp_path / "cut", tmp_path / "cut.json", epochs)
+    killed = run_py(args)
+    checkpoint = wait_for_epoch(tmp_path / "cut", 1, killed)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    resumed = run_py([*args, f"--resume={checkpoint}"])
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    expected, got = json.loads((tmp_path / "whole.json").read_text()), json.loads((tmp_path / "cut.json").read_text())
+    assert got["test_result"] == expected["test_result"] and got["epochs"] == expected["epochs"] == epochs
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_prints_how_to_resume(small, tmp_path):
+    process = run_py(cli_args(small, tmp_path, tmp_path / "r.json", 50))
+    checkpoint = wait_for_epoch(tmp_path, 0, process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    lines = err.strip().splitlines()
+    assert lines[-2].startswith("run.py: interrupted in epoch ") and checkpoint in lines[-2] and "Traceback" not in err
+    assert lines[-1].startswith("resume with: python run.py --dataset=small") and lines[-1].endswith(f"--resume={checkpoint}")
+    assert compat.load_checkpoint(checkpoint, kind="last")["epoch"] >= 0
+
+
+@pytest.mark.parametrize("model,extra", [("GRU4RecPaper", RANDOM_PAPER), ("GRU4Rec", {}), ("SASRec", {})])
+def test_same_seed_same_metrics_other_seed_other_metrics(model, extra, small, tmp_path):
+    first = run(model, small, tmp_path, epochs=2, **extra)
+    again = run(model, small, tmp_path, epochs=2, **extra)
+    other = run(model, small, tmp_path, epochs=2, seed=7, **extra)
+    assert first["test_result"] == again["test_result"] and first["train_loss_per_epoch"] == again["train_loss_per_epoch"]
+    assert first["train_loss_per_epoch"] != other["train_loss_per_epoch"]
+
+
+def test_baseline_stops_at_the_first_non_finite_loss_and_keeps_its_checkpoint(small, tmp_path, monkeypatch):
+    from recbole.model.sequential_recommender.gru4rec import GRU4Rec
+
+    calls = []
+    original = GRU4Rec.calculate_loss
+
+    def going_bad(self, interaction):
+        calls.append(1)
+        loss = original(self, interaction)
+        return loss * float("inf") if len(calls) == 4 else loss
+
+    monkeypatch.setattr(GRU4Rec, "calculate_loss", going_bad)
+    with pytest.raises(NonFiniteLossError, match=r"training loss is inf at epoch 0, step 3; .* checkpoint is (.*-last\.pth)") as error:
+        run("GRU4Rec", small, tmp_path, saved=True, train_batch_size=64)  # several steps an epoch
+    last = str(error.value).rsplit(" ", 1)[-1]
+    assert compat.load_checkpoint(last, kind="last")["epoch"] == -1  # the state before any step: still good
+
+
+def test_time_budget_stops_after_the_epoch_that_passes_it(small, tmp_path):
+    result = pipeline.run("GRU4RecPaper", "small", overrides=settings(small, tmp_path), saved=False, time_budget_min=1e-6)
+    assert result["epochs"] == 1 and result["stopped_by"] == "time_budget"
+    assert run("GRU4RecPaper", small, tmp_path, epochs=2)["stopped_by"] == "max_epochs"
+    with pytest.raises(UsageError, match="time_budget_min=0 must be a positive number of minutes"):
+        pipeline.run("GRU4RecPaper", "small", overrides=settings(small, tmp_path), time_budget_min=0)
+
+
+def test_resume_refuses_another_config_and_a_best_checkpoint(small, tmp_path):
+    result = run("GRU4RecPaper", small, tmp_path, saved=True, epochs=1)
+    overrides = settings(small, tmp_path, epochs=1)
+    with pytest.raises(UsageError, match=r"the checkpoint was trained with learning_rate=0.01, this command gives 0.5"):
+        pipeline.run("GRU4RecPaper", "small", overrides=dict(overrides, learning_rate=0.5), resume=result["last_checkpoint"])
+    with pytest.raises(UsageError, match="is a best checkpoint; this needs a last one"):
+        pipeline.run("GRU4RecPaper", "small", overrides=overrides, resume=result["checkpoint"])
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    path = str(tmp_path / "model.pth")
+    compat.write_checkpoint({"format": compat.CHECKPOINT_FORMAT, "epoch": 1}, path)
+
+    def dies_half_way(state, file):
+        with open(file, "wb") as f:
+            f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        compat.write_checkpoint({"format": compat.CHECKPOINT_FORMAT, "epoch": 2}, path)
+    monkeypatch.undo()
+    assert compat.load_checkpoint(path)["epoch"] == 1
+    with pytest.raises(UsageError, match="cannot be read as a checkpoint of this tool"):
+        compat.load_checkpoint(path + ".partial")
+
+
+WRONG_VALUES = ["ten", [1], -3, 1.5e9, None]
+
+
+@pytest.mark.parametrize("option", sorted(options.load_defaults()))
+def test_every_option_is_checked_for_type_and_range(option):
+    """Each default of GRU4RecPaper.yaml has a check, and it refuses at least one wrong value in one line."""
+    if option == "train_neg_sample_args":
+        values = [{"distribution": "uniform", "sample_num": 1}]  # RecBole's sampling: GRU4RecPaper samples its own
+    else:
+        assert option in options.CHECKS
+        values = WRONG_VALUES
+    refused = []
+    for value in values:
+        config = dict(options.load_defaults(), enable_amp=False, single_spec=True, weight_decay=0.0, **{option: value})
+        try:
+            options.validate(config)
+        except options.OptionError as error:
+            assert option in str(error) and "\n" not in str(error)
+            refused.append(value)
+    assert refused, f"{option} accepts every one of {values}"
