@@ -1,97 +1,123 @@
 """Training speed of GRU4RecPaper against RecBole's GRU4Rec, measured in one run on one machine.
 
 Each model trains in its own process through run.py (so peak memory is its own), one after another,
-never in parallel. Reported: median seconds per training epoch, training events per second, evaluation
-time on the test split, peak resident memory, and the ratio RecBole GRU4Rec epoch / GRU4RecPaper epoch.
+never in parallel. Reported for each setting: median seconds per training epoch, training events per
+second and microseconds per event, test evaluation time and users evaluated per second, peak resident
+memory, and the ratio RecBole GRU4Rec epoch / this epoch. With --fractions, the same is measured on the
+first 25 %, 50 %, ... of the dataset's users (all their events), to see how epoch time grows with data.
 
     python benchmarks/speed.py --dataset=ml-100k
-    python benchmarks/speed.py --dataset=ml-1m-u2999 --gru4rec_epochs=1
+    python benchmarks/speed.py --dataset=ml-1m-u2999 --fractions=0.25,0.5,1
 """
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recbole_gru4rec import pipeline  # noqa: E402
+from recbole_gru4rec.leaderboard import machine, versions  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# name -> run.py arguments; "paper" is GRU4RecPaper.yaml unchanged.
+BASELINE = "RecBole GRU4Rec (defaults)"
+# name -> run.py arguments; "paper" is GRU4RecPaper.yaml unchanged. The second is the issue's 40x setting.
 SETTINGS = {
     "GRU4RecPaper (paper: TOP1, batch 50)": ["--model=GRU4RecPaper"],
     "GRU4RecPaper (CE, batch 64, 512 extra negatives)": [
         "--model=GRU4RecPaper", "--loss_type=CE", "--final_activation=linear", "--train_batch_size=64", "--n_sample=512",
     ],
-    "RecBole GRU4Rec (defaults)": ["--model=GRU4Rec"],
+    BASELINE: ["--model=GRU4Rec"],
 }
 
 
-def cpu_name():
-    """The processor's model name, from /proc/cpuinfo where there is one."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def user_subset(dataset, data_path, fraction, folder):
+    """Write the first ``fraction`` of the dataset's users (by first appearance) as dataset ``NAME-PCTpct``."""
+    source = os.path.join(data_path, dataset, f"{dataset}.inter")
+    name = f"{dataset}-{round(fraction * 100)}pct"
+    with open(source, encoding="utf-8") as f:
+        header, lines = f.readline(), f.readlines()
+    users = list(dict.fromkeys(line.split("\t", 1)[0] for line in lines))
+    kept = set(users[: max(1, round(fraction * len(users)))])
+    os.makedirs(os.path.join(folder, name))
+    with open(os.path.join(folder, name, f"{name}.inter"), "w", encoding="utf-8") as f:
+        f.write(header)
+        f.writelines(line for line in lines if line.split("\t", 1)[0] in kept)
+    return name, len(kept)
 
 
-def run_model(name, args, dataset, extra, epochs, workdir):
+def run_model(name, args, dataset, data_path, epochs, workdir):
     result_file = os.path.join(workdir, "result.json")
     command = [sys.executable, "run.py", f"--dataset={dataset}", f"--epochs={epochs}", "--saved=False",
-               f"--result_file={result_file}", *args, *extra]
+               f"--result_file={result_file}", *args] + ([f"--data_path={data_path}"] if data_path else [])
     print("running:", " ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(result_file, encoding="utf-8") as f:
         result = json.load(f)
-    epochs_seconds = sorted(result["train_seconds_per_epoch"])
+    seconds = sorted(result["train_seconds_per_epoch"])
+    median = seconds[len(seconds) // 2]
     return {
         "setting": name,
         "epochs": result["epochs"],
         "train_seconds_per_epoch": result["train_seconds_per_epoch"],
-        "median_epoch_seconds": epochs_seconds[len(epochs_seconds) // 2],
+        "median_epoch_seconds": median,
+        "train_events_per_epoch": result["train_events_per_epoch"],
         "train_events_per_second": result["train_events_per_second"],
+        "microseconds_per_event": round(1e6 * median / result["train_events_per_epoch"], 2),
         "test_eval_seconds": result["test_seconds"],
+        "test_users": result["test_users"],
+        "eval_users_per_second": round(result["test_users"] / result["test_seconds"], 1),
         "peak_rss_mb": result["peak_rss_mb"],
     }
+
+
+def measure(dataset, data_path, epochs, gru4rec_epochs, workdir):
+    rows = []
+    for name, model_args in SETTINGS.items():
+        rows.append(run_model(name, model_args, dataset, data_path, gru4rec_epochs if name == BASELINE else epochs, workdir))
+    baseline = rows[-1]["median_epoch_seconds"]
+    for row in rows:
+        row["recbole_gru4rec_epoch_over_this"] = round(baseline / row["median_epoch_seconds"], 1)
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data_path", default=None)
+    parser.add_argument("--data_path", default=None, help="folder holding DATASET/DATASET.inter (default: as run.py)")
+    parser.add_argument("--fractions", default=None, help="comma-separated fractions of the users, e.g. 0.25,0.5,1")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each GRU4RecPaper setting (median taken)")
     parser.add_argument("--gru4rec_epochs", type=int, default=1, help="epochs of RecBole's GRU4Rec")
     parser.add_argument("--output", default=None, help="JSON file for the results (default results/speed-DATASET.json)")
     args = parser.parse_args()
-    extra = [f"--data_path={args.data_path}"] if args.data_path else []
-    rows = []
+    report = {"dataset": args.dataset, "machine": machine(), "versions": versions(), "runs": []}
     with tempfile.TemporaryDirectory() as workdir:
-        for name, model_args in SETTINGS.items():
-            epochs = args.gru4rec_epochs if "GRU4Rec " in name else args.epochs
-            rows.append(run_model(name, model_args, args.dataset, extra, epochs, workdir))
-    baseline = rows[-1]["median_epoch_seconds"]
-    for row in rows:
-        row["recbole_gru4rec_epoch_over_this"] = round(baseline / row["median_epoch_seconds"], 1)
-    report = {
-        "dataset": args.dataset,
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version()},
-        "rows": rows,
-    }
+        if args.fractions is None:
+            report["runs"].append({"fraction": 1.0, "dataset": args.dataset,
+                                   "rows": measure(args.dataset, args.data_path, args.epochs, args.gru4rec_epochs, workdir)})
+        else:
+            # RecBole appends DATASET/ to data_path; --data_path is the folder above, as for run.py
+            data_path = args.data_path or os.path.dirname(
+                os.path.normpath(pipeline.build_config("GRU4RecPaper", args.dataset)["data_path"]))
+            for fraction in (float(text) for text in args.fractions.split(",")):
+                name, n_users = user_subset(args.dataset, data_path, fraction, os.path.join(workdir, "data"))
+                rows = measure(name, os.path.join(workdir, "data"), args.epochs, args.gru4rec_epochs, workdir)
+                report["runs"].append({"fraction": fraction, "dataset": name, "users": n_users, "rows": rows})
     output = args.output or os.path.join(REPO, "results", f"speed-{args.dataset}.json")
     with open(output, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
-    print(f"\n{args.dataset} on {report['machine']['cpu']} ({report['machine']['cores']} cores), torch {torch.__version__}")
-    print(f"{'setting':<52} {'s/epoch':>8} {'events/s':>9} {'x faster':>8} {'eval s':>7} {'RSS MB':>7}")
-    for row in rows:
-        print(f"{row['setting']:<52} {row['median_epoch_seconds']:8.2f} {row['train_events_per_second']:9.0f} "
-              f"{row['recbole_gru4rec_epoch_over_this']:8.1f} {row['test_eval_seconds']:7.2f} {row['peak_rss_mb']:7.0f}")
+        f.write("\n")
+    cpu = report["machine"]
+    print(f"\n{args.dataset} on {cpu['cpu']} ({cpu['cpu_cores']} cores), torch {report['versions']['torch']}")
+    print(f"{'users':>6} {'setting':<50} {'s/epoch':>8} {'events/s':>9} {'us/event':>9} {'x faster':>8} "
+          f"{'eval users/s':>12} {'RSS MB':>7}")
+    for run in report["runs"]:
+        for row in run["rows"]:
+            print(f"{round(100 * run['fraction']):>5}% {row['setting']:<50} {row['median_epoch_seconds']:8.2f} "
+                  f"{row['train_events_per_second']:9.0f} {row['microseconds_per_event']:9.1f} "
+                  f"{row['recbole_gru4rec_epoch_over_this']:8.1f} {row['eval_users_per_second']:12.0f} {row['peak_rss_mb']:7.0f}")
     print(f"written to {output}")
 
 

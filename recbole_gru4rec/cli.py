@@ -214,6 +214,9 @@ def main(argv):
             print(f"run.py: interrupted in epoch {stop.epoch}; the last finished epoch is saved in {stop.checkpoint}\n"
                   f"resume with: {resume_command(argv, stop.checkpoint)}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print("run.py: interrupted outside training (loading data or evaluating); nothing was lost", file=sys.stderr)
+        return 130
     print(f"\n{result['model']} on {result['dataset']}: {result['epochs']} epochs ({result['stopped_by']}), "
           f"{result['train_events_per_second']:.0f} training events/s")
     print(format_results(result))

@@ -115,9 +115,9 @@ def versions():
             "numpy": numpy.__version__, "pandas": pandas.__version__, "recbole_gru4rec_commit": commit}
 
 
-def protocol_of(result):
+def protocol_of(compared_config):
     """The protocol part of a run's recorded config (identical for every row of one leaderboard)."""
-    return {key: value for key, value in result["config"].items() if key in PROTOCOL_KEYS}
+    return {key: value for key, value in compared_config.items() if key in PROTOCOL_KEYS}
 
 
 def row_from(entry, result):
@@ -158,10 +158,6 @@ class Leaderboard:
 
     def add(self, entry, row, header):
         """Record one finished row (replacing an older one of the same entry) and rewrite every output."""
-        if self.rows and self.header["protocol"] != header["protocol"]:
-            raise UsageError(
-                f"{self.json_file} holds rows of another protocol; move it away or pass --rerun=true"
-            )
         self.header = header
         self.rows = [old for old in self.rows if f"{old['model']}:{old['config_name']}" != entry.key] + [row]
         self.write()
@@ -248,15 +244,19 @@ def latest_last_checkpoint(folder):
     return found[-1] if found else None
 
 
-def resumable_checkpoint(entry, dataset, config_files, overrides):
+def entry_config(entry, dataset, config_files, overrides):
+    """The resolved RecBole config the entry's run will use (built here to check it before anything trains)."""
+    files = list(config_files) + ([entry.config_file] if entry.config_file else [])
+    return pipeline.build_config(entry.model, dataset, files, dict(overrides, checkpoint_dir=checkpoint_dir(dataset, entry)))
+
+
+def resumable_checkpoint(entry, config):
     """The entry's unfinished run to continue: its newest last checkpoint, if it has this exact config."""
-    checkpoint = latest_last_checkpoint(checkpoint_dir(dataset, entry))
+    checkpoint = latest_last_checkpoint(checkpoint_dir(config["dataset"], entry))
     if checkpoint is None:
         return None
-    files = list(config_files) + ([entry.config_file] if entry.config_file else [])
-    settings = dict(overrides, checkpoint_dir=checkpoint_dir(dataset, entry))
     try:
-        pipeline.check_resume(pipeline.build_config(entry.model, dataset, files, settings), checkpoint)
+        pipeline.check_resume(config, checkpoint)
     except UsageError as mismatch:
         print(f"leaderboard: {entry.key}: not resuming {checkpoint} ({mismatch}); training from the start")
         return None
@@ -290,6 +290,18 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
         if not os.path.isfile(path):
             raise UsageError(f"config file {path!r} does not exist")
     board = Leaderboard(dataset, output_dir)
+    if rerun:
+        board.rows = []
+    configs = {entry.key: entry_config(entry, dataset, config_files, overrides) for entry in entries}
+    protocols = {json.dumps(protocol_of(pipeline.comparison_config(config)), sort_keys=True)
+                 for config in configs.values()}
+    if board.rows:
+        protocols.add(json.dumps(board.header["protocol"], sort_keys=True))
+    if len(protocols) > 1:
+        raise UsageError(
+            f"the entries (or the rows already in {board.json_file}) do not share one protocol: "
+            f"{' vs '.join(sorted(protocols))[:300]}; use another --output_dir or --rerun=true"
+        )
     header = {"dataset": dataset, "command": command_line, "machine": machine(), "versions": versions(),
               "time_budget_min": time_budget_min, "date": datetime.date.today().isoformat()}
     os.makedirs(output_dir, exist_ok=True)
@@ -298,7 +310,7 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
             print(f"leaderboard: {entry.key} is already in {board.json_file} (skipped; --rerun=true trains it again)")
             continue
         result_file = os.path.join(output_dir, f".leaderboard-{dataset}-{entry.key.replace(':', '-')}.json")
-        resume = None if rerun else resumable_checkpoint(entry, dataset, config_files, overrides)
+        resume = None if rerun else resumable_checkpoint(entry, configs[entry.key])
         command = entry_command(entry, dataset, config_files, overrides, time_budget_min, result_file, resume)
         print(f"leaderboard: {entry.key}" + (f" (resuming {resume})" if resume else ""), flush=True)
         print("  " + " ".join(shlex.quote(part) for part in command), flush=True)
@@ -314,7 +326,10 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
         os.remove(result_file)
         for finished in glob.glob(os.path.join(checkpoint_dir(dataset, entry), "*-last.pth")):
             os.remove(finished)  # the row is written: nothing left to resume
-        board.add(entry, row_from(entry, result), dict(header, protocol=protocol_of(result)))
+        row = row_from(entry, result)
+        # A leaderboard may be finished over several sessions: each row says when, where and by which code.
+        row.update(date=header["date"], machine=header["machine"], recbole_gru4rec_commit=header["versions"]["recbole_gru4rec_commit"])
+        board.add(entry, row, dict(header, protocol=protocol_of(result["config"])))
         print(f"leaderboard: {entry.key} done, test NDCG@10 {result['test_result'].get('ndcg@10', float('nan')):.4f}; "
               f"{board.json_file} updated", flush=True)
     if board.header is None:

@@ -206,7 +206,7 @@ def check_resume(config, checkpoint_path):
     """The ``last`` checkpoint at ``checkpoint_path``, if it was trained with exactly this config."""
     checkpoint = compat.load_checkpoint(checkpoint_path, kind="last")
     current = compat.plain(config.final_config_dict)
-    for key in sorted(set(current) | set(checkpoint["config"])):
+    for key in ["model", "dataset", *sorted(set(current) | set(checkpoint["config"]))]:
         if current.get(key) != checkpoint["config"].get(key):
             raise UsageError(
                 f"--resume={checkpoint_path}: the checkpoint was trained with {key}={checkpoint['config'].get(key)!r}, "
@@ -275,6 +275,7 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
         "train_events_per_epoch": n_events,
         "train_events_per_second": round(n_events / median_epoch, 1),
         "test_seconds": round(test_seconds, 4),
+        "test_users": len(test_data._dataset),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "checkpoint": trainer.saved_model_file if saved else None,
         "last_checkpoint": trainer.last_checkpoint_file,

@@ -40,6 +40,8 @@ def test_two_models_one_epoch_on_ml100k(tmp_path):
 
     again = leaderboard(tmp_path, *args)  # finished rows are not trained again
     assert again.returncode == 0 and again.stdout.count("already in") == 2, again.stderr[-2000:]
+    other = leaderboard(tmp_path, *[arg.replace("--epochs=1", "--epochs=2") for arg in args])
+    assert other.returncode == 2 and "do not share one protocol" in other.stderr and "leaderboard:" not in other.stdout
 
 
 def test_markdown_marks_time_budgeted_rows():
