@@ -2,8 +2,10 @@
 
 Each finished trial is appended as one JSON line to the trials file, so a killed search loses nothing
 and a rerun continues from the trials already there. The test split is never looked at here.
+``--settings=FILE`` evaluates hand-picked settings instead (one JSON object of options per line), in order.
 
     python benchmarks/tune.py --dataset=ml-100k --trials=8 --epochs=15 --stopping_step=3
+    python benchmarks/tune.py --dataset=ml-100k --settings=benchmarks/settings-ml-100k.jsonl --trials_file=...
 """
 
 import argparse
@@ -50,8 +52,18 @@ def main():
     parser.add_argument("--stopping_step", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="seed of the search (not of the training runs)")
     parser.add_argument("--trials_file", default=None, help="default results/tuning-DATASET.jsonl")
+    parser.add_argument("--settings", default=None, help="a file of hand-picked settings, one JSON object a line")
     args = parser.parse_args()
     trials_file = args.trials_file or os.path.join("results", f"tuning-{args.dataset}.jsonl")
+    if args.settings:
+        with open(args.settings, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    options = json.loads(line)
+                    record = validation_run(args, options)
+                    append(trials_file, record)
+                    print(f"valid ndcg@10 {record['valid_ndcg@10']:.4f} {options}", flush=True)
+        return
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
     done = []
@@ -64,23 +76,32 @@ def main():
 
     def objective(trial):
         options = suggest(trial)
-        overrides = {**options, "epochs": args.epochs, "stopping_step": args.stopping_step, "state": "WARNING"}
-        if args.data_path:
-            overrides["data_path"] = args.data_path
-        result = pipeline.run("GRU4RecPaper", args.dataset, overrides=overrides, saved=False, evaluate_test=False)
-        score = result["best_valid_result"]["ndcg@10"]
-        record = {"params": trial.params, "options": options, "valid_ndcg@10": score,
-                  "best_valid_result": result["best_valid_result"], "epochs": result["epochs"],
-                  "stopped_by": result["stopped_by"], "median_epoch_seconds": sorted(result["train_seconds_per_epoch"])[
-                      len(result["train_seconds_per_epoch"]) // 2]}
-        with open(trials_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"trial {len(done) + trial.number}: valid ndcg@10 {score:.4f} {options}", flush=True)
-        return score
+        record = dict(validation_run(args, options), params=trial.params)
+        append(trials_file, record)
+        print(f"trial {len(done) + trial.number}: valid ndcg@10 {record['valid_ndcg@10']:.4f} {options}", flush=True)
+        return record["valid_ndcg@10"]
 
     study.optimize(objective, n_trials=max(0, args.trials - len(done)))
     best = study.best_trial
     print(f"best valid ndcg@10 {best.value:.4f} with {best.params}")
+
+
+def validation_run(args, options):
+    """Train GRU4RecPaper with ``options`` and return its validation record (the test split stays untouched)."""
+    overrides = {**options, "epochs": args.epochs, "stopping_step": args.stopping_step, "state": "WARNING"}
+    if args.data_path:
+        overrides["data_path"] = args.data_path
+    result = pipeline.run("GRU4RecPaper", args.dataset, overrides=overrides, saved=False, evaluate_test=False)
+    seconds = sorted(result["train_seconds_per_epoch"])
+    return {"options": options, "valid_ndcg@10": result["best_valid_result"]["ndcg@10"],
+            "best_valid_result": result["best_valid_result"], "epochs": result["epochs"],
+            "stopped_by": result["stopped_by"], "median_epoch_seconds": seconds[len(seconds) // 2]}
+
+
+def append(trials_file, record):
+    """Add one finished trial to the trials file."""
+    with open(trials_file, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _distributions():

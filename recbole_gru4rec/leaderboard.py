@@ -5,7 +5,8 @@ Each entry is ``MODEL`` or ``MODEL:CONFIG.yaml``; the file holds that model's ow
 one after another (its peak memory is its own; never two at once), with the same protocol files, seed
 and early-stopping rule. After each entry, ``leaderboard-D.json``, ``.md`` and ``.png`` are rewritten, so
 a killed leaderboard keeps every finished row; the same command later skips the finished rows and
-resumes an unfinished entry from its last epoch checkpoint.
+resumes an unfinished entry from its last epoch checkpoint (an entry whose config file changed since its
+row was written is trained again).
 """
 
 import datetime
@@ -306,9 +307,12 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
               "time_budget_min": time_budget_min, "date": datetime.date.today().isoformat()}
     os.makedirs(output_dir, exist_ok=True)
     for entry in entries:
-        if board.row(entry) is not None and not rerun:
-            print(f"leaderboard: {entry.key} is already in {board.json_file} (skipped; --rerun=true trains it again)")
-            continue
+        finished = board.row(entry)
+        if finished is not None and not rerun:
+            if finished["config"] == pipeline.comparison_config(configs[entry.key]):
+                print(f"leaderboard: {entry.key} is already in {board.json_file} (skipped; --rerun=true trains it again)")
+                continue
+            print(f"leaderboard: {entry.key}: its config changed since its row was written; training it again")
         result_file = os.path.join(output_dir, f".leaderboard-{dataset}-{entry.key.replace(':', '-')}.json")
         resume = None if rerun else resumable_checkpoint(entry, configs[entry.key])
         command = entry_command(entry, dataset, config_files, overrides, time_budget_min, result_file, resume)

@@ -71,6 +71,7 @@ CHECKS = {
     "sample_alpha": _number_in(0.0),
     "bpreg": _number_in(0.0),
     "logq": _number_in(0.0),
+    "session_max_targets": _int_at_least(0),
     "session_order": _one_of(SESSION_ORDERS),
     "learner": (lambda v: isinstance(v, str) and v.lower() in LEARNERS, "one of " + ", ".join(LEARNERS)),
     "momentum": _number_in(0.0, 1.0),

@@ -42,6 +42,26 @@ class Sessions:
         """Number of events in each session."""
         return np.diff(self.offsets)
 
+    def split(self, max_targets):
+        """Sessions cut into pieces of at most ``max_targets`` predictions (0: unchanged).
+
+        Consecutive pieces share one event: the last target of a piece is the first input of the next, so
+        every (input, target) pair of the original sessions is kept once and only the hidden state resets.
+        """
+        if max_targets <= 0:
+            return self
+        items, offsets, first_times, users = [], [0], [], []
+        for index, (start, end) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
+            for piece_start in range(start, end - 1, max_targets):
+                piece = self.items[piece_start : min(piece_start + max_targets + 1, end)]
+                items.append(piece)
+                offsets.append(offsets[-1] + len(piece))
+                first_times.append(self.first_times[index])
+                users.append(None if self.users is None else self.users[index])
+        items = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)  # one-event sessions have no pair
+        return Sessions(items, np.asarray(offsets, dtype=np.int64), np.asarray(first_times, dtype=float),
+                        None if self.users is None else np.asarray(users))
+
     def item_support(self, n_items):
         """How often each item id occurs in the training sessions (a LongTensor of ``n_items``)."""
         return torch.from_numpy(np.bincount(self.items, minlength=n_items)).long()
@@ -162,7 +182,7 @@ class SessionParallelDataLoader:
         self.dataset = dataset
         self.batch_size = config["train_batch_size"]
         self.shuffle = order == "shuffle"
-        self.sessions = user_sessions(dataset)
+        self.sessions = user_sessions(dataset).split(config["session_max_targets"] or 0)
         self.target_field = config["ITEM_ID_FIELD"]
         self.device = config["device"] or torch.device("cpu")
         self.epoch = 0

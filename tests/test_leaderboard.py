@@ -40,6 +40,10 @@ def test_two_models_one_epoch_on_ml100k(tmp_path):
 
     again = leaderboard(tmp_path, *args)  # finished rows are not trained again
     assert again.returncode == 0 and again.stdout.count("already in") == 2, again.stderr[-2000:]
+    entry_config.write_text("loss_type: BPR\nlearning_rate: 0.02\n")  # a changed entry is trained again
+    changed = leaderboard(tmp_path, *args)
+    assert changed.returncode == 0 and changed.stdout.count("already in") == 1 and "config changed" in changed.stdout
+    assert json.loads((tmp_path / "out" / "leaderboard-ml-100k.json").read_text())["rows"][-1]["config"]["learning_rate"] == 0.02
     other = leaderboard(tmp_path, *[arg.replace("--epochs=1", "--epochs=2") for arg in args])
     assert other.returncode == 2 and "do not share one protocol" in other.stderr and "leaderboard:" not in other.stdout
 

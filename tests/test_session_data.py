@@ -101,6 +101,16 @@ def test_state_resets_exactly_where_a_session_starts(handmade):
             previous_target_of_slot[slot] = target
 
 
+def test_session_max_targets_resets_the_state_every_so_many_targets(handmade):
+    sessions, config, train = handmade
+    _, steps = raw_steps(sessions, config, train, session_max_targets=4)
+    pairs = [(i, t) for step in steps for i, t in zip(step["inputs"], step["targets"])]
+    assert Counter(pairs) == Counter(expected_training_pairs(sessions))  # every target still once
+    for step in steps:
+        for item, carry in zip(step["inputs"], step["carry"]):
+            assert carry == (0.0 if item % 100 % 4 == 0 else 1.0)  # pieces start at positions 0, 4, 8, ...
+
+
 def test_last_partial_batches_narrow_and_keep_their_rows(handmade):
     sessions, config, train = handmade
     loader, steps = raw_steps(sessions, config, train)

@@ -59,3 +59,19 @@ def test_no_validation_or_test_item_is_ever_yielded(tmp_path_factory, lengths, b
         yielded = {int(tokens[i]) for i in step[INPUT_FIELD].tolist() + step["item_id"].tolist()}
         assert not yielded & held_out
         assert len(step[CARRY_FIELD]) <= batch_size
+
+
+@given(sessions=session_lists, max_targets=st.integers(1, 4))
+def test_split_sessions_keep_every_pair_once_and_stay_short(sessions, max_targets):
+    items = np.array(list(itertools.chain.from_iterable(sessions)), dtype=np.int64)
+    offsets = np.r_[0, np.cumsum([len(s) for s in sessions])].astype(np.int64)
+    whole = Sessions(items, offsets, np.arange(len(sessions), dtype=float))
+    pieces = whole.split(max_targets)
+
+    def pairs(data):
+        return Counter((a, b) for i in range(len(data.offsets) - 1) for a, b in itertools.pairwise(data.session(i)))
+
+    assert pairs(pieces) == pairs(whole)  # the same (input, target) pairs, each once
+    assert all(2 <= length <= max_targets + 1 for length in pieces.lengths)
+    long_sessions = [s for s in sessions if len(s) >= 2]
+    assert len(pieces.lengths) == sum(-(-(len(s) - 1) // max_targets) for s in long_sessions)
