@@ -224,6 +224,9 @@ def plot(header, rows, path):
         axes.scatter([x], [y], s=60, facecolors="none" if budgeted else "C0", edgecolors="C0")
         axes.annotate(_label(row), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     axes.set_xscale("log")
+    left, right = axes.get_xlim()
+    axes.set_xlim(left, right * 6)  # room for the labels of the slowest models
+    axes.margins(y=0.12)
     axes.set_xlabel("total training time (s, log scale)")
     axes.set_ylabel("test NDCG@10")
     axes.set_title(f"{header['dataset']}: accuracy against training time ({header['machine']['cpu_cores']} CPU cores"

@@ -17,9 +17,6 @@ from recbole_gru4rec.compat import SafeCheckpoints, load_checkpoint, write_check
 from recbole_gru4rec.optimizers import AdagradMomentum
 from recbole_gru4rec.session_data import SessionParallelDataLoader, epoch_seed
 
-STOP_REASONS = ("early_stopping", "time_budget", "max_epochs")
-
-
 class NonFiniteLossError(ArithmeticError):
     """The training loss became NaN or infinite."""
 
@@ -47,8 +44,8 @@ class RunControl(SafeCheckpoints):
     * per-epoch seeding: epoch ``e`` seeds every random stream with :func:`epoch_seed` ``(seed, e)``
       (Python, numpy, torch, RecBole's shuffling generator, the model's ``reseed`` hook if it has one),
       so an epoch's draws do not depend on what ran before it in the process;
-    * a time budget (``time_budget_s``, checked at each epoch end) and ``stopped_by``, one of
-      :data:`STOP_REASONS`;
+    * a time budget (``time_budget_s``, checked at each epoch end) and ``stopped_by``: ``early_stopping``,
+      ``time_budget`` or ``max_epochs``;
     * a stop at the first non-finite loss, naming epoch, step and value (RecBole only checks NaN);
     * :class:`TrainingInterrupted` on Ctrl-C, naming the checkpoint to resume from.
     """
