@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from logging import getLogger
 
+import numpy as np
 import pandas as pd
 import recbole
 import yaml
@@ -177,12 +178,13 @@ def check_dataset(config, dataset):
 def check_split(train_data, test_data):
     """Warn when test targets are items that no training sequence holds (they keep untrained scores)."""
     train = train_data._dataset
-    seen = set(train.inter_feat[train.iid_field].numpy().tolist())
+    seen = np.zeros(train.item_num, dtype=bool)
+    seen[train.inter_feat[train.iid_field].numpy()] = True
     list_field = train.iid_field + train.config["LIST_SUFFIX"]
     if list_field in train.inter_feat:
-        seen.update(train.inter_feat[list_field].numpy().ravel().tolist())
+        seen[train.inter_feat[list_field].numpy()] = True  # histories too (padding id 0 is never a target)
     targets = test_data._dataset.inter_feat[train.iid_field].numpy()
-    cold = int(sum(item not in seen for item in targets.tolist()))
+    cold = int((~seen[targets]).sum())
     if cold:
         getLogger().warning(
             f"{cold} of {len(targets)} test targets are items never seen in training; they are ranked with "
