@@ -28,20 +28,24 @@ hyperparameters) and writes OUTPUT_DIR/leaderboard-DATASET.json, .md and .png af
 skips finished rows and resumes an unfinished one.
 `recommend` prints the next movies a trained sequential model predicts (python run.py recommend --help)."""
 
-# Our own flags; every other --KEY=VALUE is a RecBole config override.
-OWN_FLAGS = ("model", "dataset", "config_files", "result_file", "time_budget_min", "resume")
 
-
-def parse_args(argv):
-    """Split ``--key=value`` arguments into our flags and RecBole config overrides (values stay strings)."""
-    flags = {"model": "GRU4RecPaper", "dataset": "ml-100k", "config_files": "", "result_file": None,
-             "time_budget_min": None, "resume": None}
-    overrides = {}
+def split_flags(argv, defaults, refused=()):
+    """``--key=value`` arguments as (our flags, from ``defaults`` and its keys; RecBole overrides), as strings."""
+    flags, overrides = dict(defaults), {}
     for arg in argv:
         key, sep, value = arg[2:].partition("=")
         if not arg.startswith("--") or not sep or not key:
             raise UsageError(f"argument {arg!r} is not of the form --KEY=VALUE (see python run.py --help)")
-        (flags if key in OWN_FLAGS else overrides)[key] = value
+        if key in refused:
+            raise UsageError(f"--{key} does not go with --leaderboard (use --models=A,B,...)")
+        (flags if key in defaults else overrides)[key] = value
+    return flags, overrides
+
+
+def parse_args(argv):
+    """Split ``--key=value`` arguments into our flags and RecBole config overrides (values stay strings)."""
+    flags, overrides = split_flags(argv, {"model": "GRU4RecPaper", "dataset": "ml-100k", "config_files": "",
+                                          "result_file": None, "time_budget_min": None, "resume": None})
     flags["config_files"] = [path for path in flags["config_files"].split(",") if path]
     if flags["time_budget_min"] is not None:
         flags["time_budget_min"] = positive_minutes(flags["time_budget_min"])
@@ -144,22 +148,13 @@ def recommend_main(argv):
     return 0
 
 
-LEADERBOARD_FLAGS = ("dataset", "models", "config_files", "time_budget_min", "output_dir", "rerun")
-
-
 def leaderboard_main(argv):
     """``run.py --leaderboard ...``; returns the exit code."""
     from recbole_gru4rec.leaderboard import LeaderboardStopped, run_leaderboard
 
-    flags, overrides = {"dataset": "ml-100k", "models": None, "config_files": "", "time_budget_min": None,
-                        "output_dir": "results", "rerun": "false"}, {}
-    for arg in argv:
-        key, sep, value = arg[2:].partition("=")
-        if not arg.startswith("--") or not sep or not key:
-            raise UsageError(f"argument {arg!r} is not of the form --KEY=VALUE (see python run.py --help)")
-        if key in ("model", "resume", "result_file"):
-            raise UsageError(f"--{key} does not go with --leaderboard (use --models=A,B,...)")
-        (flags if key in LEADERBOARD_FLAGS else overrides)[key] = value
+    flags, overrides = split_flags(argv, {"dataset": "ml-100k", "models": None, "config_files": "",
+                                          "time_budget_min": None, "output_dir": "results", "rerun": "false"},
+                                   refused=("model", "resume", "result_file"))
     if flags["models"] is None:
         raise UsageError("--leaderboard needs --models=MODEL[:CONFIG.yaml],... e.g. --models=GRU4RecPaper,GRU4Rec,SASRec,NARM,Pop")
     if flags["rerun"] not in ("true", "false"):
