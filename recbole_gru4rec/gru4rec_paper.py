@@ -18,7 +18,8 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_gru4rec import options
-from recbole_gru4rec.losses import sampled_loss
+from recbole_gru4rec.gru_cell import gru_cell
+from recbole_gru4rec.losses import cross_entropy_with_gradient, sampled_loss
 from recbole_gru4rec.sampling import PopularitySampler
 from recbole_gru4rec.session_data import CARRY_FIELD, INPUT_FIELD, ROWS_FIELD, user_sessions
 
@@ -33,54 +34,20 @@ def final_activation(name):
     return lambda scores: F.elu(scores, alpha)
 
 
-class GRUCell(torch.autograd.Function):
-    """One GRU step (PyTorch's gate layout r, z, n) from precomputed input gates W_i x + b_i.
+def dropout_mask(like, p):
+    """Inverted-dropout multipliers shaped like ``like``: 0 with probability p, else 1 / (1 - p).
 
-    The backward pass is written out: a session-parallel step is one tiny GRU step, where autograd's
-    bookkeeping for the gate slices costs more than the arithmetic. Checked against numerical
-    derivatives (gradcheck) and against torch.nn.GRU in the tests.
+    A uniform draw compared to p is ~3x faster on CPU than the Bernoulli sampler behind F.dropout, and this
+    runs at every session-parallel step.
     """
-
-    @staticmethod
-    def forward(ctx, input_gates, hidden, weight_hh, bias_hh):
-        size = hidden.shape[1]
-        hidden_gates = torch.addmm(bias_hh, hidden, weight_hh.t())
-        reset_update = torch.sigmoid(input_gates[:, : 2 * size] + hidden_gates[:, : 2 * size])
-        hidden_candidate = hidden_gates[:, 2 * size :]
-        candidate = torch.tanh(torch.addcmul(input_gates[:, 2 * size :], reset_update[:, :size], hidden_candidate))
-        ctx.save_for_backward(hidden, weight_hh, reset_update, candidate, hidden_candidate)
-        return torch.lerp(candidate, hidden, reset_update[:, size:])  # (1 - z) * n + z * h
-
-    @staticmethod
-    def backward(ctx, grad):
-        hidden, weight_hh, reset_update, candidate, hidden_candidate = ctx.saved_tensors
-        size = hidden.shape[1]
-        reset, update = reset_update[:, :size], reset_update[:, size:]
-        grad_candidate = grad * (1 - update) * (1 - candidate * candidate)  # through the mix and the tanh
-        grad_input_gates = torch.empty(len(grad), 3 * size, dtype=grad.dtype, device=grad.device)
-        torch.mul(grad_candidate, hidden_candidate, out=grad_input_gates[:, :size])  # d reset
-        torch.mul(grad, hidden - candidate, out=grad_input_gates[:, size : 2 * size])  # d update
-        grad_input_gates[:, : 2 * size] *= reset_update * (1 - reset_update)  # through the sigmoid
-        grad_input_gates[:, 2 * size :] = grad_candidate
-        grad_hidden_gates = grad_input_gates.clone()
-        grad_hidden_gates[:, 2 * size :] *= reset
-        grad_hidden = None
-        if ctx.needs_input_grad[1]:
-            grad_hidden = torch.addmm(grad * update, grad_hidden_gates, weight_hh)
-        return grad_input_gates, grad_hidden, grad_hidden_gates.t() @ hidden, grad_hidden_gates.sum(0)
-
-
-def gru_cell(input_gates, hidden, hidden_layer):
-    """One GRU step of ``hidden_layer`` (a Linear holding W_hh and b_hh)."""
-    return GRUCell.apply(input_gates, hidden, hidden_layer.weight, hidden_layer.bias)
+    return torch.rand_like(like).ge_(p).mul_(1.0 / (1.0 - p))
 
 
 def dropout(values, p, training):
-    """Inverted dropout. Same function as F.dropout; a uniform draw compared to p is ~3x faster on CPU than
-    the Bernoulli sampler behind F.dropout, and this runs at every session-parallel step."""
+    """Inverted dropout: the same function as F.dropout."""
     if not training or p == 0:
         return values
-    return values * torch.rand_like(values).ge_(p).mul_(1.0 / (1.0 - p))
+    return values * dropout_mask(values, p)
 
 
 def init_uniform_(weight, fan_in, fan_out):
@@ -112,6 +79,7 @@ class GRU4RecPaper(SequentialRecommender):
         self.bpreg = config["bpreg"]
         self.sample_alpha = config["sample_alpha"]
         self.logq = config["logq"]
+        self.linear_scores = config["final_activation"] == "linear"
         self.activation = final_activation(config["final_activation"])
         self.sparse = self.uses_sparse_gradients(config)
         self.dropout_input = config["dropout_prob_input"]
@@ -183,7 +151,7 @@ class GRU4RecPaper(SequentialRecommender):
             gates = self.input_layer(items)
             if self.training and self.dropout_input > 0:
                 # Dropout on a one-hot vector keeps or drops its single 1, so it scales the whole gathered row.
-                gates = dropout(gates.new_ones(len(items), 1), self.dropout_input, True) * gates
+                gates = dropout_mask(gates[:, :1], self.dropout_input) * gates
             return gates + self.input_bias
         embedded = dropout(self.item_embedding(items), self.dropout_input, self.training)
         return self.input_layer(embedded)
@@ -213,16 +181,20 @@ class GRU4RecPaper(SequentialRecommender):
         last = self.gather_indexes(torch.stack(outputs, dim=1), item_seq_len - 1)
         return self._head(last)
 
-    def _session_parallel_forward(self, interaction):
-        """One session-parallel step: hidden states carried row by row, zeroed where a session starts."""
+    def carried_hidden(self, interaction):
+        """The hidden states a session-parallel step starts from: carried row by row, zero where a session starts."""
         carry = interaction[CARRY_FIELD]
         hidden = self.training_hidden
         if ROWS_FIELD in interaction:
             hidden = hidden[:, interaction[ROWS_FIELD]]
         elif hidden is None or hidden.shape[1] != len(carry):
             # A new epoch: its first step starts a session in every row, so the old state is never used.
-            hidden = carry.new_zeros(self.num_layers, len(carry), self.hidden_size)
-        output, hidden = self._step(interaction[INPUT_FIELD], hidden * carry[None, :, None])
+            return carry.new_zeros(self.num_layers, len(carry), self.hidden_size)
+        return hidden * carry[None, :, None]
+
+    def _session_parallel_forward(self, interaction):
+        """One session-parallel step; the new hidden states are kept for the next step."""
+        output, hidden = self._step(interaction[INPUT_FIELD], self.carried_hidden(interaction))
         self.training_hidden = hidden.detach()
         return self._head(output)
 
@@ -240,14 +212,37 @@ class GRU4RecPaper(SequentialRecommender):
             self._warn_prefix_batches()
             output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         targets = interaction[self.POS_ITEM_ID]
-        columns = targets
-        if self.n_sample > 0:
-            columns = torch.cat([targets, self._extra_negatives(targets.device)])
-        scores = self.activation(self._logits(output, columns))
-        if self.logq > 0:
-            scores = scores - self.logq * self.log_popularity[columns]
+        columns = self.score_columns(targets)
+        return self.loss_of_logits(self._logits(output, columns), columns, targets)
+
+    def score_columns(self, targets):
+        """The items a training step scores: the mini-batch targets (the diagonal), then the extra negatives."""
+        if self.n_sample == 0:
+            return targets
+        return torch.cat([targets, self._extra_negatives(targets.device)])
+
+    def loss_of_logits(self, logits, columns, targets):
+        """The sampled loss of pre-activation scores (rows: outputs, columns: ``columns``, row i's target in column i)."""
+        scores = self._scores(logits, columns)
         negatives = columns[None, :] != targets[:, None]
         return sampled_loss(self.loss_type, scores.diagonal(), scores, negatives, self.bpreg)
+
+    def loss_and_gradient(self, logits, columns, targets):
+        """:meth:`loss_of_logits` and its gradient with respect to ``logits``: written out for cross-entropy on
+        linear scores (the fast setting), from autograd on the (B, K) score matrix for the other losses."""
+        if self.loss_type == "CE" and self.linear_scores:
+            return cross_entropy_with_gradient(self._scores(logits, columns), columns, targets)
+        with torch.enable_grad():
+            logits = logits.detach().requires_grad_()
+            loss = self.loss_of_logits(logits, columns, targets)
+            (gradient,) = torch.autograd.grad(loss, logits)
+        return loss.detach(), gradient
+
+    def _scores(self, logits, columns):
+        scores = self.activation(logits)
+        if self.logq > 0:
+            scores = scores - self.logq * self.log_popularity[columns]
+        return scores
 
     def reseed(self, seed):
         """Restart the extra-negative stream from ``seed`` (the trainer calls this at every epoch start)."""

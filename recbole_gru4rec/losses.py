@@ -57,6 +57,24 @@ def cross_entropy(positive, scores, negatives):
     return torch.logsumexp(logits, dim=1) - positive
 
 
+def cross_entropy_with_gradient(scores, columns, targets):
+    """``sampled_loss("CE", ...)`` of a score matrix whose row i has its target in column i, and its gradient
+    with respect to ``scores``, written out: a softmax over each row's target and negatives, minus the target.
+
+    ``columns`` (K,) are the items of the columns, ``targets`` (B,) those of the rows. Returns (loss, gradient).
+    """
+    # Columns that hold a row's own target, other than its diagonal, are left out of its softmax.
+    repeats = columns[None, :] == targets[:, None]
+    repeats.diagonal().fill_(False)
+    log_probabilities = torch.log_softmax(scores.masked_fill(repeats, float("-inf")), dim=1)
+    has_negative = repeats.sum(1) < scores.shape[1] - 1
+    weight = has_negative.to(scores.dtype) / has_negative.sum().clamp(min=1)
+    loss = -(log_probabilities.diagonal() * weight).sum()
+    gradient = log_probabilities.exp_()
+    gradient.diagonal().sub_(1.0)
+    return loss, gradient.mul_(weight[:, None])
+
+
 def sampled_loss(loss_type, positive, scores, negatives, bpreg=0.0):
     """Mean loss of ``loss_type`` (one of :data:`LOSS_TYPES`) over the rows that have at least one negative."""
     has_negative = negatives.any(1)

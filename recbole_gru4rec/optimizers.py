@@ -25,45 +25,58 @@ class AdagradMomentum(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            dense = []
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if not state:
-                    state["sum"] = torch.zeros_like(param)
-                    if group["momentum"] > 0:
-                        state["velocity"] = torch.zeros_like(param)
-                if param.grad.is_sparse:
-                    self._sparse_update(param, state, group)
-                else:
-                    dense.append(param)
+            dense = [p for p in group["params"] if p.grad is not None and not p.grad.is_sparse]
             if dense:
-                self._dense_update(dense, group)
+                self.update_dense(dense, [p.grad for p in dense])
+            for param in group["params"]:
+                if param.grad is not None and param.grad.is_sparse:
+                    grad = param.grad if param.grad.sparse_dim() == 1 else param.grad.to_dense().to_sparse(1)
+                    # Indices may repeat (an uncoalesced gradient): update_rows sums them.
+                    self.update_rows(param, grad._indices()[0], grad._values())
         return loss
 
-    def _dense_update(self, params, group):
-        # One fused (foreach) kernel per operation for all dense parameters: a step has many small ones.
-        grads = [p.grad for p in params]
-        sums = [self.state[p]["sum"] for p in params]
+    def _state(self, param):
+        state = self.state[param]
+        if not state:
+            state["sum"] = torch.zeros_like(param)
+            if self._group(param)["momentum"] > 0:
+                state["velocity"] = torch.zeros_like(param)
+        return state
+
+    def _group(self, param):
+        for group in self.param_groups:
+            if any(param is member for member in group["params"]):
+                return group
+        raise ValueError("the parameter is not optimized by this optimizer")
+
+    @torch.no_grad()
+    def update_dense(self, params, grads):
+        """One update of dense parameters (all of one param group) with the given gradients."""
+        # One fused (foreach) kernel per operation for all of them: a step has many small ones.
+        group = self._group(params[0])
+        states = [self._state(p) for p in params]
+        sums = [state["sum"] for state in states]
         torch._foreach_addcmul_(sums, grads, grads)
         denominators = torch._foreach_sqrt(sums)
         torch._foreach_add_(denominators, group["eps"])
         if group["momentum"] > 0:
-            velocities = [self.state[p]["velocity"] for p in params]
+            velocities = [state["velocity"] for state in states]
             torch._foreach_mul_(velocities, group["momentum"])
             torch._foreach_addcdiv_(velocities, grads, denominators, value=group["lr"])
             torch._foreach_sub_(params, velocities)
         else:
             torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
 
-    @staticmethod
-    def _sparse_update(param, state, group):
-        grad = param.grad.coalesce()  # one row per touched index, duplicates summed
-        rows, values = grad.indices()[0], grad.values()
-        sums = state["sum"].index_select(0, rows).addcmul_(values, values)
+    @torch.no_grad()
+    def update_rows(self, param, rows, row_grads):
+        """One update of the rows ``rows`` of ``param``, whose gradient is ``row_grads`` (a row index may repeat:
+        its gradients are summed, as in a sparse gradient); the other rows, their sums and velocities stay."""
+        group, state = self._group(param), self._state(param)
+        rows, position = torch.unique(rows, return_inverse=True)
+        grads = row_grads.new_zeros((len(rows), *row_grads.shape[1:])).index_add_(0, position, row_grads)
+        sums = state["sum"].index_select(0, rows).addcmul_(grads, grads)
         state["sum"].index_copy_(0, rows, sums)
-        step = values / sums.sqrt_().add_(group["eps"])
+        step = grads.div_(sums.sqrt_().add_(group["eps"]))
         if group["momentum"] > 0:
             step = state["velocity"].index_select(0, rows).mul_(group["momentum"]).add_(step, alpha=group["lr"])
             state["velocity"].index_copy_(0, rows, step)

@@ -77,6 +77,7 @@ CHECKS = {
     "momentum": _number_in(0.0, 1.0),
     "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "train_batch_size": _int_at_least(1),
+    "fused_step": (lambda v: isinstance(v, bool), "True or False"),
 }
 
 

@@ -14,6 +14,7 @@ from torch.nn.utils.clip_grad import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_gru4rec.compat import SafeCheckpoints, load_checkpoint, write_checkpoint
+from recbole_gru4rec.fused_step import FusedTrainingStep, unfused_reason
 from recbole_gru4rec.optimizers import AdagradMomentum
 from recbole_gru4rec.session_data import SessionParallelDataLoader, epoch_seed
 
@@ -195,8 +196,14 @@ class SessionParallelTrainer(RunControl, Trainer):
       copies: the loader builds its steps on the device; mixed precision and multi-GPU are refused by the
       option check).
     * ``learner: adagrad_momentum`` builds :class:`AdagradMomentum` (with ``momentum``).
+    * With ``fused_step: True`` (the default) and a setting it covers, each step is a
+      :class:`FusedTrainingStep` (no autograd graph, no sparse gradients); otherwise autograd, as RecBole does.
     Epochs, checkpoints, resuming and the loss check are :class:`RunControl`'s; evaluation is RecBole's.
     """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.fused_training_step, self.unfused_reason = None, None
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """Train as RecBole does, one session-parallel step per optimizer update."""
@@ -207,22 +214,38 @@ class SessionParallelTrainer(RunControl, Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.epoch_in_progress, self.epoch_step = epoch_idx, 0
         self.model.train()
+        fused_step = self._fused_step() if loss_func is None else None
         loss_func = loss_func or self.model.calculate_loss
         steps = train_data
         if show_progress:
             steps = tqdm(train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink"))
         total_loss = 0.0
         for interaction in steps:
-            self.optimizer.zero_grad()
-            loss = loss_func(interaction)
+            if fused_step is not None:
+                loss = fused_step(interaction)
+            else:
+                self.optimizer.zero_grad()
+                loss = loss_func(interaction)
             value = loss.item()
             self._check_finite(value)
             total_loss += value
-            loss.backward()
-            if self.clip_grad_norm:
-                clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
-            self.optimizer.step()
+            if fused_step is None:
+                loss.backward()
+                if self.clip_grad_norm:
+                    clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+                self.optimizer.step()
         return total_loss
+
+    def _fused_step(self):
+        """The fused training step for this model and optimizer, or None (with the reason logged once)."""
+        if self.fused_training_step is None and self.config["fused_step"]:
+            reason = unfused_reason(self.model, self.optimizer, self.config)
+            if reason is None:
+                self.fused_training_step = FusedTrainingStep(self.model, self.optimizer)
+            elif reason != self.unfused_reason:
+                self.logger.info(f"fused_step: not used, training with autograd because of {reason}")
+            self.unfused_reason = reason
+        return self.fused_training_step
 
     def _build_optimizer(self, **kwargs):
         # adagrad too: AdagradMomentum with momentum 0 is torch's Adagrad, with a faster sparse update.

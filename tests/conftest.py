@@ -36,6 +36,12 @@ def random_sessions(seed, users, items, min_length, max_length):
     return {u: [rng.randint(1, items) for _ in range(rng.randint(min_length, max_length))] for u in range(1, users + 1)}
 
 
+def random_sessions_folder(tmp_path_factory, name, seed, **shape):
+    """A folder holding dataset ``name`` of :func:`random_sessions` ``(seed, **shape)``; for module fixtures."""
+    folder = tmp_path_factory.mktemp(name)
+    return write_inter(folder, name, sessions_dataset_rows(random_sessions(seed, **shape)))
+
+
 def build(model, dataset, data_path=None, **overrides):
     """Config, dataset and RecBole's three loaders for ``model`` on ``dataset``, quietly."""
     settings = {"show_progress": False, "state": "ERROR", "checkpoint_dir": os.path.join(REPO, "saved", "tests")}

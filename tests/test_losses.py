@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from recbole_gru4rec.losses import LOSS_TYPES, sampled_loss
+from recbole_gru4rec.losses import LOSS_TYPES, cross_entropy_with_gradient, sampled_loss
 
 
 def sigmoid(x):
@@ -39,11 +39,15 @@ def reference(loss_type, scores, negatives, bpreg):
 
 
 def random_case(seed, rows=5, extra=4):
+    scores, items = random_case_with_items(seed, rows, extra)
+    return scores, items[None, :] != items[:rows, None]
+
+
+def random_case_with_items(seed, rows, extra):
     generator = torch.Generator().manual_seed(seed)
     scores = torch.randn(rows, rows + extra, generator=generator, dtype=torch.float64) * 2
     items = torch.randint(1, 6, (rows + extra,), generator=generator)  # small id range: duplicates happen
-    negatives = items[None, :] != items[:rows, None]
-    return scores, negatives
+    return scores, items
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
@@ -88,3 +92,22 @@ def test_unknown_loss_type_is_refused():
     scores, negatives = random_case(0)
     with pytest.raises(ValueError, match="loss_type='HINGE'"):
         sampled_loss("HINGE", scores.diagonal(), scores, negatives)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_written_out_cross_entropy_gradient_matches_autograd(seed):
+    scores, items = random_case_with_items(seed, rows=6, extra=3 * (seed % 3))  # seed 0, 3: no extra column
+    scores.requires_grad_()
+    negatives = items[None, :] != items[:6, None]
+    expected = sampled_loss("CE", scores.diagonal(), scores, negatives)
+    expected.backward()
+    loss, gradient = cross_entropy_with_gradient(scores.detach(), items, items[:6])
+    assert loss.item() == pytest.approx(reference("CE", scores.tolist(), negatives.tolist(), 0.0), rel=1e-9)
+    torch.testing.assert_close(gradient, scores.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_written_out_cross_entropy_of_a_batch_without_negatives_is_zero():
+    # With each row's target in its diagonal, a row has no negative only when every column holds its item.
+    loss, gradient = cross_entropy_with_gradient(torch.tensor([[1.0, 2.0, -1.0], [0.5, -0.3, 0.2]]),
+                                                 torch.tensor([4, 4, 4]), torch.tensor([4, 4]))
+    assert loss.item() == 0.0 and torch.all(gradient == 0)

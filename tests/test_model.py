@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from recbole_gru4rec import GRU4RecPaper
-from recbole_gru4rec.gru4rec_paper import GRUCell, final_activation
+from recbole_gru4rec.gru4rec_paper import final_activation
+from recbole_gru4rec.gru_cell import GRUCell
 
 
 def model_with(ml100k, **options):

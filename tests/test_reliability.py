@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, random_sessions, sessions_dataset_rows, write_inter
+from conftest import REPO, random_sessions_folder
 from recbole_gru4rec import compat, options, pipeline
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.trainer import NonFiniteLossError, RunControl, TrainingInterrupted
@@ -22,9 +22,7 @@ RANDOM_PAPER = {"n_sample": 16, "dropout_prob_hidden": 0.3, "session_order": "sh
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """60 users with 10-30 events over 40 items: a few hundred training steps per epoch."""
-    folder = tmp_path_factory.mktemp("small")
-    write_inter(folder, "small", sessions_dataset_rows(random_sessions(1, users=60, items=40, min_length=10, max_length=30)))
-    return str(folder)
+    return random_sessions_folder(tmp_path_factory, "small", 1, users=60, items=40, min_length=10, max_length=30)
 
 
 def settings(small, tmp_path, **extra):

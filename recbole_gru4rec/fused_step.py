@@ -1,0 +1,120 @@
+"""GRU4RecPaper's session-parallel training step written out by hand: forward, backward and Adagrad update.
+
+A session-parallel step is small (B rows, one event each), so autograd's graph, the sparse gradients of the
+item-indexed weights (built, then sorted to coalesce them) and the optimizer's per-parameter loop cost several
+times more than the arithmetic. Here the step is the arithmetic: the forward keeps what the backward needs,
+the backward is the chain rule through each layer, and the gradients of the item-indexed weights stay the
+rows the step touched (the input items, the scored columns), handed to :meth:`AdagradMomentum.update_rows`.
+The loss gradient on the (B, K) score matrix is :meth:`GRU4RecPaper.loss_and_gradient`'s.
+
+The updates are those of the autograd path (``calculate_loss``, ``backward``, ``AdagradMomentum.step``) up to
+float rounding, with the same random draws in the same order; the tests compare the two step by step.
+"""
+
+import torch
+
+from recbole_gru4rec.gru4rec_paper import dropout_mask
+from recbole_gru4rec.gru_cell import gru_backward, gru_forward
+from recbole_gru4rec.optimizers import AdagradMomentum
+from recbole_gru4rec.session_data import INPUT_FIELD
+
+
+def unfused_reason(model, optimizer, config):
+    """Why the fused step cannot train this setting (a phrase naming the option), or None when it can."""
+    if model.item_embedding is not None:
+        return "embedding_size > 0 or constrained_embedding: True (the fused step covers the 1-of-N input)"
+    if not isinstance(optimizer, AdagradMomentum):
+        return (f"learner: {config['learner']}, weight_decay: {config['weight_decay']} (the fused step updates with "
+                "adagrad or adagrad_momentum, without weight decay)")
+    if config["clip_grad_norm"]:
+        return "clip_grad_norm is set (the fused step does not clip)"
+    if len(optimizer.param_groups) != 1:
+        return "the optimizer has several parameter groups"
+    return None
+
+
+class FusedTrainingStep:
+    """Trains ``model`` (a :class:`GRU4RecPaper`) by one session-parallel step per call, updating with ``optimizer``."""
+
+    def __init__(self, model, optimizer):
+        self.model = model
+        self.optimizer = optimizer
+        self.input_weights = model.input_layer.weight  # (n_items, 3H): one row per item, the 1-of-N product
+        self.output_weights = model.output_weights.weight
+        self.hidden_layers = list(model.hidden_layers)
+        self.upper_input_layers = list(model.upper_input_layers)
+        self.feedforward = model.feedforward
+        # Updated densely, as their dense gradients are in the autograd path (output_bias included).
+        self.dense_params = [model.input_bias, model.output_bias]
+        for layer in self.hidden_layers + self.upper_input_layers + [self.feedforward]:
+            if layer is not None:
+                self.dense_params += [layer.weight, layer.bias]
+
+    @torch.no_grad()
+    def __call__(self, interaction):
+        """Train on one session-parallel step; returns its loss (a 0-dim tensor)."""
+        model = self.model
+        items, targets = interaction[INPUT_FIELD], interaction[model.POS_ITEM_ID]
+        hidden = model.carried_hidden(interaction)
+        grads = {}
+
+        # Forward, keeping what the backward needs.
+        input_rows = self.input_weights.index_select(0, items)
+        input_mask = None
+        if model.dropout_input > 0:
+            # Dropout on a one-hot vector keeps or drops its single 1, so it scales the whole gathered row.
+            input_mask = dropout_mask(input_rows[:, :1], model.dropout_input)
+            input_rows = input_rows * input_mask
+        gates = input_rows + model.input_bias
+        caches, masks, outputs, new_hidden = [], [], [], []
+        for layer, hidden_layer in enumerate(self.hidden_layers):
+            state, cache = gru_forward(gates, hidden[layer], hidden_layer.weight, hidden_layer.bias)
+            mask = dropout_mask(state, model.dropout_hidden) if model.dropout_hidden > 0 else None
+            output = state * mask if mask is not None else state
+            caches.append(cache)
+            masks.append(mask)
+            outputs.append(output)
+            new_hidden.append(state)
+            if layer + 1 < len(self.hidden_layers):
+                upper = self.upper_input_layers[layer]
+                gates = torch.addmm(upper.bias, output, upper.weight.t())
+        model.training_hidden = torch.stack(new_hidden)
+        head = outputs[-1]
+        if self.feedforward is not None:
+            head = torch.tanh(torch.addmm(self.feedforward.bias, head, self.feedforward.weight.t()))
+        columns = model.score_columns(targets)
+        column_weights = self.output_weights.index_select(0, columns)
+        logits = torch.addmm(model.output_bias.index_select(0, columns), head, column_weights.t())
+
+        loss, grad_logits = model.loss_and_gradient(logits, columns, targets)
+
+        # Backward, top to bottom.
+        grad_head = grad_logits @ column_weights
+        column_grads = grad_logits.t() @ head
+        grads[model.output_bias] = torch.zeros_like(model.output_bias).index_add_(0, columns, grad_logits.sum(0))
+        grad_output = grad_head
+        if self.feedforward is not None:
+            grad_pre = grad_head * (1 - head * head)
+            grads[self.feedforward.weight] = grad_pre.t() @ outputs[-1]
+            grads[self.feedforward.bias] = grad_pre.sum(0)
+            grad_output = grad_pre @ self.feedforward.weight
+        for layer in reversed(range(len(self.hidden_layers))):
+            hidden_layer = self.hidden_layers[layer]
+            grad_state = grad_output * masks[layer] if masks[layer] is not None else grad_output
+            # The incoming hidden state is a constant (carried from the previous step, detached).
+            grad_gates, _, grads[hidden_layer.weight], grads[hidden_layer.bias] = gru_backward(
+                grad_state, caches[layer], hidden_layer.weight, needs_hidden_grad=False
+            )
+            if layer > 0:
+                upper = self.upper_input_layers[layer - 1]
+                grads[upper.weight] = grad_gates.t() @ outputs[layer - 1]
+                grads[upper.bias] = grad_gates.sum(0)
+                grad_output = grad_gates @ upper.weight
+        grads[model.input_bias] = grad_gates.sum(0)
+        input_grads = grad_gates * input_mask if input_mask is not None else grad_gates
+
+        # Update.
+        self.optimizer.update_dense(self.dense_params, [grads[p] for p in self.dense_params])
+        self.optimizer.update_rows(self.input_weights, items, input_grads)
+        self.optimizer.update_rows(self.output_weights, columns, column_grads)
+        return loss

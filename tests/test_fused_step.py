@@ -1,0 +1,89 @@
+"""The fused training step makes the updates of the autograd path (calculate_loss, backward, optimizer.step)."""
+
+import logging
+
+import pytest
+import torch
+from recbole.utils import init_seed
+
+from conftest import build, random_sessions_folder
+from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader, SessionParallelTrainer
+from recbole_gru4rec.fused_step import FusedTrainingStep
+
+SETTINGS = {
+    "paper TOP1": {},
+    "BPR, input dropout": {"loss_type": "BPR", "dropout_prob_input": 0.3},
+    "CE, 32 negatives, logQ": {"loss_type": "CE", "final_activation": "linear", "n_sample": 32, "logq": 0.5,
+                               "dropout_prob_hidden": 0.2},
+    "BPR-max, two layers, feedforward": {"loss_type": "BPR-max", "num_layers": 2, "ff_hidden_size": 24,
+                                         "n_sample": 16, "final_activation": "elu-1"},
+    "TOP1-max, momentum": {"loss_type": "TOP1-max", "learner": "adagrad_momentum", "momentum": 0.4, "n_sample": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """40 users with 3-25 events over 30 items: sessions start, end and slots go idle within one short epoch."""
+    return random_sessions_folder(tmp_path_factory, "tiny", 7, users=40, items=30, min_length=3, max_length=25)
+
+
+def train_one_epoch(tiny, fused, **options):
+    """A trainer after one epoch of batch-8 steps, and the loss of each step."""
+    config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny, train_batch_size=8, fused_step=fused,
+                                   hidden_size=16, **options)
+    init_seed(config["seed"], True)
+    trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
+    losses = []
+    step = trainer._fused_step() or trainer.model.calculate_loss
+    assert (trainer._fused_step() is not None) == fused
+    torch.manual_seed(3)
+    for interaction in SessionParallelDataLoader(config, train._dataset):
+        if fused:
+            losses.append(step(interaction).item())
+        else:
+            trainer.optimizer.zero_grad()
+            loss = step(interaction)
+            loss.backward()
+            trainer.optimizer.step()
+            losses.append(loss.item())
+    return trainer, losses
+
+
+@pytest.mark.parametrize("options", SETTINGS.values(), ids=SETTINGS.keys())
+def test_fused_step_updates_as_autograd_does(tiny, options):
+    fused, fused_losses = train_one_epoch(tiny, True, **options)
+    autograd, autograd_losses = train_one_epoch(tiny, False, **options)
+    assert len(fused_losses) > 40
+    assert fused_losses == pytest.approx(autograd_losses, rel=1e-4, abs=1e-6)
+    fused_params = dict(fused.model.named_parameters())
+    for name, param in autograd.model.named_parameters():
+        torch.testing.assert_close(fused_params[name], param, rtol=1e-4, atol=1e-5, msg=name)
+        for key, value in autograd.optimizer.state[param].items():
+            torch.testing.assert_close(fused.optimizer.state[fused_params[name]][key], value, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused.model.training_hidden, autograd.model.training_hidden, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("options,reason", [
+    ({"embedding_size": 8}, "embedding_size"),
+    ({"learner": "adam"}, "learner: adam"),
+    ({"clip_grad_norm": {"max_norm": 5}}, "clip_grad_norm"),
+])
+def test_settings_it_does_not_cover_train_with_autograd_and_say_why(tiny, caplog, options, reason):
+    config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny, state="INFO", **options)
+    trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
+    with caplog.at_level(logging.INFO):
+        trainer._train_epoch(SessionParallelDataLoader(config, train._dataset), 0)
+        trainer._train_epoch(SessionParallelDataLoader(config, train._dataset), 1)
+    said = [record.getMessage() for record in caplog.records if "fused_step: not used" in record.getMessage()]
+    assert len(said) == 1 and reason in said[0]
+
+
+def test_the_trainer_trains_with_the_fused_step_by_default(tiny, monkeypatch):
+    calls = []
+    original = FusedTrainingStep.__call__
+    monkeypatch.setattr(FusedTrainingStep, "__call__", lambda self, step: calls.append(1) or original(self, step))
+    config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny)
+    trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
+    loader = SessionParallelDataLoader(config, train._dataset)
+    trainer._train_epoch(loader, 0)
+    assert len(calls) == len(loader) > 0
