@@ -195,15 +195,17 @@ def markdown(header, rows):
         f"Machine: {header['machine']['cpu']} ({header['machine']['cpu_cores']} cores), GPU: {header['machine']['gpu'] or 'none'}  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()) + "  ",
         f"Seed {header['protocol'].get('seed')}; protocol: {json.dumps(header['protocol'], sort_keys=True)}  ",
-        f"Time budget per model: {header['time_budget_min'] or 'none'} min. Test metrics of the best-validation epoch.",
+        "Test metrics of the best-validation epoch. Budget: the time budget of the row's run in minutes (rows may",
+        "come from several runs of the command); none: trained until early stopping or the last epoch.",
         "",
-        "| model | " + " | ".join(TABLE_METRICS) + " | epochs | stopped by | s/epoch (median) | train s | events/s | eval s | peak MiB |",
-        "|---|" + "---:|" * len(TABLE_METRICS) + "---:|---|---:|---:|---:|---:|---:|",
+        "| model | " + " | ".join(TABLE_METRICS) + " | epochs | stopped by | budget | s/epoch (median) | train s | events/s | eval s | peak MiB |",
+        "|---|" + "---:|" * len(TABLE_METRICS) + "---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in ranked:
         metrics = " | ".join(f"{row['test_result'].get(name, float('nan')):.4f}" for name in TABLE_METRICS)
         lines.append(
-            f"| {_label(row)} | {metrics} | {row['epochs']} | {row['stopped_by']} | {row['train_seconds_per_epoch']:.2f} | "
+            f"| {_label(row)} | {metrics} | {row['epochs']} | {row['stopped_by']} | {row.get('time_budget_min') or 'none'} | "
+            f"{row['train_seconds_per_epoch']:.2f} | "
             f"{row['train_seconds_total']:.0f} | {row['train_events_per_second']:.0f} | {row['eval_seconds']:.1f} | "
             f"{row['peak_rss_mb']:.0f} |"
         )
@@ -335,7 +337,8 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
             os.remove(finished)  # the row is written: nothing left to resume
         row = row_from(entry, result)
         # A leaderboard may be finished over several sessions: each row says when, where and by which code.
-        row.update(date=header["date"], machine=header["machine"], recbole_gru4rec_commit=header["versions"]["recbole_gru4rec_commit"])
+        row.update(date=header["date"], machine=header["machine"], recbole_gru4rec_commit=header["versions"]["recbole_gru4rec_commit"],
+                   time_budget_min=time_budget_min)
         board.add(entry, row, dict(header, protocol=protocol_of(result["config"])))
         print(f"leaderboard: {entry.key} done, test NDCG@10 {result['test_result'].get('ndcg@10', float('nan')):.4f}; "
               f"{board.json_file} updated", flush=True)

@@ -51,10 +51,12 @@ def test_two_models_one_epoch_on_ml100k(tmp_path):
 def test_markdown_marks_time_budgeted_rows():
     row = {"model": "SASRec", "config_name": "default", "test_result": {"ndcg@10": 0.1}, "epochs": 3,
            "stopped_by": "time_budget", "train_seconds_per_epoch": 10.0, "train_seconds_total": 30.0,
-           "train_events_per_second": 100.0, "eval_seconds": 1.0, "peak_rss_mb": 500.0}
+           "train_events_per_second": 100.0, "eval_seconds": 1.0, "peak_rss_mb": 500.0, "time_budget_min": 0.5}
     header = {"dataset": "d", "command": "c", "machine": {"cpu": "x", "cpu_cores": 2, "gpu": None}, "versions": {},
               "protocol": {"seed": 1}, "time_budget_min": 0.5}
-    assert "| SASRec [time budget] | nan | nan | 0.1000 |" in markdown(header, [row])
+    table = markdown(header, [row, dict(row, model="NARM", stopped_by="early_stopping", time_budget_min=None)])
+    assert "| SASRec [time budget] | nan | nan | 0.1000 | " in table and "| time_budget | 0.5 |" in table
+    assert "| NARM | nan | nan | 0.1000 | " in table and "| early_stopping | none |" in table
 
 
 @pytest.mark.parametrize(
