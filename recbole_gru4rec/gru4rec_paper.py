@@ -19,7 +19,7 @@ from torch import nn
 
 from recbole_gru4rec import options
 from recbole_gru4rec.gru_cell import gru_cell
-from recbole_gru4rec.losses import cross_entropy_with_gradient, sampled_loss
+from recbole_gru4rec.losses import cross_entropy_with_gradient, pairwise_with_gradient, sampled_loss
 from recbole_gru4rec.sampling import PopularitySampler
 from recbole_gru4rec.session_data import CARRY_FIELD, INPUT_FIELD, ROWS_FIELD, user_sessions
 
@@ -32,6 +32,16 @@ def final_activation(name):
         return lambda scores: scores
     alpha = float(name.split("-", 1)[1])
     return lambda scores: F.elu(scores, alpha)
+
+
+def final_activation_slope(name, logits, scores):
+    """The derivative of the activation ``name`` at ``logits``, given its values ``scores`` there."""
+    if name == "tanh":
+        return 1 - scores * scores
+    if name == "linear":
+        return torch.ones_like(logits)
+    alpha = float(name.split("-", 1)[1])
+    return torch.where(logits > 0, 1.0, scores + alpha)
 
 
 def dropout_mask(like, p):
@@ -79,8 +89,8 @@ class GRU4RecPaper(SequentialRecommender):
         self.bpreg = config["bpreg"]
         self.sample_alpha = config["sample_alpha"]
         self.logq = config["logq"]
-        self.linear_scores = config["final_activation"] == "linear"
-        self.activation = final_activation(config["final_activation"])
+        self.activation_name = config["final_activation"]
+        self.activation = final_activation(self.activation_name)
         self.sparse = self.uses_sparse_gradients(config)
         self.dropout_input = config["dropout_prob_input"]
         self.dropout_hidden = config["dropout_prob_hidden"]
@@ -228,10 +238,14 @@ class GRU4RecPaper(SequentialRecommender):
         return sampled_loss(self.loss_type, scores.diagonal(), scores, negatives, self.bpreg)
 
     def loss_and_gradient(self, logits, columns, targets):
-        """:meth:`loss_of_logits` and its gradient with respect to ``logits``: written out for cross-entropy on
-        linear scores (the fast setting), from autograd on the (B, K) score matrix for the other losses."""
-        if self.loss_type == "CE" and self.linear_scores:
+        """:meth:`loss_of_logits` and its gradient with respect to ``logits``: written out for TOP1 and BPR, and
+        for cross-entropy on linear scores; from autograd on the (B, K) score matrix for the other losses."""
+        if self.loss_type == "CE" and self.activation_name == "linear":
             return cross_entropy_with_gradient(self._scores(logits, columns), columns, targets)
+        if self.loss_type in ("TOP1", "BPR"):  # logq > 0 needs CE: the scores are the activation's
+            scores = self.activation(logits)
+            loss, gradient = pairwise_with_gradient(self.loss_type, scores, columns, targets)
+            return loss, gradient.mul_(final_activation_slope(self.activation_name, logits, scores))
         with torch.enable_grad():
             logits = logits.detach().requires_grad_()
             loss = self.loss_of_logits(logits, columns, targets)

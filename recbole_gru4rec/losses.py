@@ -75,6 +75,32 @@ def cross_entropy_with_gradient(scores, columns, targets):
     return loss, gradient.mul_(weight[:, None])
 
 
+def pairwise_with_gradient(loss_type, scores, columns, targets):
+    """``sampled_loss("TOP1" or "BPR", ...)`` of a score matrix whose row i has its target in column i, and its
+    gradient with respect to ``scores``, written out. Returns (loss, gradient)."""
+    negatives = columns[None, :] != targets[:, None]
+    counts = negatives.sum(1)
+    has_negative = counts > 0
+    # Each negative pair's weight in the loss: the mean over a row's negatives, then over rows with negatives.
+    row_weight = has_negative.to(scores.dtype) / (counts.clamp(min=1) * has_negative.sum().clamp(min=1))
+    pair_weight = negatives * row_weight[:, None]
+    difference = scores - scores.diagonal()[:, None]
+    ranking = torch.sigmoid(difference)
+    if loss_type == "TOP1":
+        regularizer = torch.sigmoid(scores * scores)
+        loss = ((ranking + regularizer) * pair_weight).sum()
+        ranking_grad = ranking.mul_(1 - ranking).mul_(pair_weight)
+        gradient = regularizer.mul_(1 - regularizer).mul_(scores).mul_(2 * pair_weight).add_(ranking_grad)
+    elif loss_type == "BPR":
+        loss = (F.softplus(difference) * pair_weight).sum()  # -log sigmoid(r_i - r_j)
+        ranking_grad = ranking.mul_(pair_weight)
+        gradient = ranking_grad.clone()
+    else:
+        raise ValueError(f"loss_type={loss_type!r} is not TOP1 or BPR")
+    gradient.diagonal().sub_(ranking_grad.sum(1))  # the target's score is the minuend of every difference
+    return loss, gradient
+
+
 def sampled_loss(loss_type, positive, scores, negatives, bpreg=0.0):
     """Mean loss of ``loss_type`` (one of :data:`LOSS_TYPES`) over the rows that have at least one negative."""
     has_negative = negatives.any(1)

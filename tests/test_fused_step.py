@@ -13,6 +13,7 @@ from recbole_gru4rec.fused_step import FusedTrainingStep
 SETTINGS = {
     "paper TOP1": {},
     "BPR, input dropout": {"loss_type": "BPR", "dropout_prob_input": 0.3},
+    "TOP1, elu, 16 negatives": {"final_activation": "elu-0.5", "n_sample": 16},
     "CE, 32 negatives, logQ": {"loss_type": "CE", "final_activation": "linear", "n_sample": 32, "logq": 0.5,
                                "dropout_prob_hidden": 0.2},
     "BPR-max, two layers, feedforward": {"loss_type": "BPR-max", "num_layers": 2, "ff_hidden_size": 24,

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from recbole_gru4rec.losses import LOSS_TYPES, cross_entropy_with_gradient, sampled_loss
+from recbole_gru4rec.gru4rec_paper import final_activation, final_activation_slope
+from recbole_gru4rec.losses import LOSS_TYPES, cross_entropy_with_gradient, pairwise_with_gradient, sampled_loss
 
 
 def sigmoid(x):
@@ -111,3 +112,26 @@ def test_written_out_cross_entropy_of_a_batch_without_negatives_is_zero():
     loss, gradient = cross_entropy_with_gradient(torch.tensor([[1.0, 2.0, -1.0], [0.5, -0.3, 0.2]]),
                                                  torch.tensor([4, 4, 4]), torch.tensor([4, 4]))
     assert loss.item() == 0.0 and torch.all(gradient == 0)
+
+
+@pytest.mark.parametrize("loss_type", ["TOP1", "BPR"])
+@pytest.mark.parametrize("seed", range(4))
+def test_written_out_pairwise_gradients_match_autograd(loss_type, seed):
+    scores, items = random_case_with_items(seed, rows=6, extra=3 * (seed % 2))
+    scores.requires_grad_()
+    negatives = items[None, :] != items[:6, None]
+    expected = sampled_loss(loss_type, scores.diagonal(), scores, negatives)
+    expected.backward()
+    loss, gradient = pairwise_with_gradient(loss_type, scores.detach(), items, items[:6])
+    assert loss.item() == pytest.approx(reference(loss_type, scores.tolist(), negatives.tolist(), 0.0), rel=1e-9)
+    torch.testing.assert_close(gradient, scores.grad, rtol=1e-9, atol=1e-12)
+    all_same = pairwise_with_gradient(loss_type, scores.detach(), torch.full_like(items, 3), torch.full((6,), 3))
+    assert all_same[0].item() == 0.0 and torch.all(all_same[1] == 0)
+
+
+@pytest.mark.parametrize("name", ["tanh", "linear", "elu-1", "elu-0.5"])
+def test_activation_slope_is_the_derivative(name):
+    logits = torch.linspace(-3, 3, 13, dtype=torch.float64).add_(0.01).requires_grad_()  # 0 itself left out
+    scores = final_activation(name)(logits)
+    scores.sum().backward()
+    torch.testing.assert_close(final_activation_slope(name, logits.detach(), scores.detach()), logits.grad)

@@ -1,0 +1,81 @@
+"""Where one GRU4RecPaper training step spends its time: the fused step against autograd, and its parts.
+
+Builds GRU4RecPaper on a dataset with the given options, takes real session-parallel steps, then
+* times the fused step and the autograd step (calculate_loss, backward, optimizer.step) on the same steps,
+  alternating the two for several rounds (this VM's timings drift; alternating shows it);
+* times each part of the fused step alone: the loss and its gradient, the row updates of the output and
+  input weights, the dense update, the negatives, the carried hidden state.
+Nothing is written; the output is the table, in microseconds a step.
+
+    python benchmarks/step_profile.py --dataset=ml-100k --loss_type=CE --final_activation=linear \
+        --train_batch_size=64 --n_sample=512
+"""
+
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recbole.data import create_dataset, data_preparation  # noqa: E402
+
+from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader, SessionParallelTrainer, pipeline  # noqa: E402
+from recbole_gru4rec.cli import split_flags  # noqa: E402
+
+
+def microseconds_per_call(function, steps, rounds=1):
+    """Mean microseconds of ``function(step)`` over ``steps``, after one warm-up pass over the first 30."""
+    for step in steps[:30]:
+        function(step)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for step in steps:
+            function(step)
+    return 1e6 * (time.perf_counter() - start) / (rounds * len(steps))
+
+
+def main():
+    flags, options = split_flags(sys.argv[1:], {"dataset": "ml-100k", "steps": "500", "rounds": "3"})
+    dataset, n_steps, rounds = flags["dataset"], int(flags["steps"]), int(flags["rounds"])
+    overrides = {"state": "ERROR", "show_progress": False, **options}
+    config = pipeline.build_config("GRU4RecPaper", dataset, overrides=overrides)
+    train, _, _ = data_preparation(config, create_dataset(config))
+    trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
+    fused, model, optimizer = trainer._fused_step(), trainer.model, trainer.optimizer
+    if fused is None:
+        raise SystemExit(f"the fused step does not cover this setting: {trainer.unfused_reason}")
+    model.train()
+    steps = list(SessionParallelDataLoader(config, train._dataset))[100 : 100 + n_steps]
+
+    def autograd_step(step):
+        optimizer.zero_grad()
+        loss = model.calculate_loss(step)
+        loss.backward()
+        optimizer.step()
+
+    print(f"{dataset}, {len(steps)} steps, options {options}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for round_ in range(rounds):
+        print(f"round {round_}: fused {microseconds_per_call(fused, steps):7.0f} us/step, "
+              f"autograd {microseconds_per_call(autograd_step, steps):7.0f} us/step")
+
+    targets = steps[0][model.POS_ITEM_ID]
+    columns = model.score_columns(targets)
+    logits = torch.randn(len(targets), len(columns))
+    output_grads = torch.randn(len(columns), model.output_size) * 1e-3
+    input_grads = torch.randn(len(targets), 3 * model.hidden_size) * 1e-3
+    dense_grads = [torch.randn_like(p) * 1e-3 for p in fused.dense_params]
+    parts = {
+        "loss and its gradient": lambda s: model.loss_and_gradient(logits, columns, targets),
+        "update_rows, output weights": lambda s: optimizer.update_rows(fused.output_weights, columns, output_grads),
+        "update_rows, input weights": lambda s: optimizer.update_rows(fused.input_weights, targets, input_grads),
+        "update_dense": lambda s: optimizer.update_dense(fused.dense_params, dense_grads),
+        "negatives (score_columns)": lambda s: model.score_columns(s[model.POS_ITEM_ID]),
+        "carried hidden state": model.carried_hidden,
+    }
+    for name, part in parts.items():
+        print(f"  {name:<30} {microseconds_per_call(part, steps):7.0f} us/step")
+
+
+if __name__ == "__main__":
+    main()
