@@ -4,7 +4,9 @@ Builds GRU4RecPaper on a dataset with the given options, takes real session-para
 * times the fused step and the autograd step (calculate_loss, backward, optimizer.step) on the same steps,
   alternating the two for several rounds (this VM's timings drift; alternating shows it);
 * times each part of the fused step alone: the loss and its gradient, the row updates of the output and
-  input weights, the dense update, the negatives, the carried hidden state.
+  input weights, the dense update, the negatives, the carried hidden state;
+* times the floor: the step's five matrix products alone, a few elementwise operations on its score matrix,
+  and a one-element add (the cost of any operation at all).
 Nothing is written; the output is the table, in microseconds a step.
 
     python benchmarks/step_profile.py --dataset=ml-100k --loss_type=CE --final_activation=linear \
@@ -75,6 +77,25 @@ def main():
     }
     for name, part in parts.items():
         print(f"  {name:<30} {microseconds_per_call(part, steps):7.0f} us/step")
+
+    batch, hidden = len(targets), torch.randn(len(targets), model.hidden_size)
+    column_weights = torch.randn(len(columns), model.output_size)
+    hidden_weights = torch.randn(3 * model.hidden_size, model.hidden_size)
+    gate_grads = torch.randn(batch, 3 * model.hidden_size)
+    one = torch.ones(1)
+    floor = {
+        f"scores {batch}x{model.output_size} @ {model.output_size}x{len(columns)}": lambda s: hidden @ column_weights.t(),
+        "gradient of the outputs": lambda s: logits @ column_weights,
+        "gradient of the output rows": lambda s: logits.t() @ hidden,
+        f"GRU gates {batch}x{model.hidden_size} @ {model.hidden_size}x{3 * model.hidden_size}": lambda s: hidden @ hidden_weights.t(),
+        "gradient of W_hh": lambda s: gate_grads.t() @ hidden,
+        "exp of the scores": lambda s: logits.exp(),
+        "log_softmax of the scores": lambda s: torch.log_softmax(logits, 1),
+        "a one-element add": lambda s: one + 1,
+    }
+    print("floor:")
+    for name, operation in floor.items():
+        print(f"  {name:<30} {microseconds_per_call(operation, steps, rounds=4):7.1f} us")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """GRU4RecPaper: GRU4Rec as in Hidasi et al., ICLR 2016, with the CIKM 2018 extensions, for RecBole.
 
-Reads top to bottom: options and layers, weight initialisation, one GRU step, the two ways to run the
+Reads top to bottom: options and layers, weight initialisation, the layers of one step (the GRU cell is in
+gru_cell.py, the hand-written training step in fused_step.py), the two ways to run the
 network (one session-parallel step, or a whole item sequence), then RecBole's contract: ``calculate_loss``,
 ``predict`` and ``full_sort_predict``.
 
