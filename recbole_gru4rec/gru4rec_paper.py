@@ -243,8 +243,8 @@ class GRU4RecPaper(SequentialRecommender):
         for cross-entropy on linear scores; from autograd on the (B, K) score matrix for the other losses."""
         if self.loss_type == "CE" and self.activation_name == "linear":
             return cross_entropy_with_gradient(self._scores(logits, columns), columns, targets)
-        if self.loss_type in ("TOP1", "BPR"):  # logq > 0 needs CE: the scores are the activation's
-            scores = self.activation(logits)
+        if self.loss_type in ("TOP1", "BPR"):  # logq > 0 needs CE: here the scores are the activation's
+            scores = self._scores(logits, columns)
             loss, gradient = pairwise_with_gradient(self.loss_type, scores, columns, targets)
             return loss, gradient.mul_(final_activation_slope(self.activation_name, logits, scores))
         with torch.enable_grad():
