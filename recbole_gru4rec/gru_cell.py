@@ -25,13 +25,10 @@ def gru_backward(grad, cache, weight_hh, needs_hidden_grad=True):
     size = hidden.shape[1]
     reset, update = reset_update[:, :size], reset_update[:, size:]
     grad_candidate = grad * (1 - update) * (1 - candidate * candidate)  # through the mix and the tanh
-    grad_input_gates = torch.empty(len(grad), 3 * size, dtype=grad.dtype, device=grad.device)
-    torch.mul(grad_candidate, hidden_candidate, out=grad_input_gates[:, :size])  # d reset
-    torch.mul(grad, hidden - candidate, out=grad_input_gates[:, size : 2 * size])  # d update
-    grad_input_gates[:, : 2 * size] *= reset_update * (1 - reset_update)  # through the sigmoid
-    grad_input_gates[:, 2 * size :] = grad_candidate
-    grad_hidden_gates = grad_input_gates.clone()
-    grad_hidden_gates[:, 2 * size :] *= reset
+    grad_reset = grad_candidate * hidden_candidate * reset * (1 - reset)  # through the sigmoid
+    grad_update = grad * (hidden - candidate) * update * (1 - update)
+    grad_input_gates = torch.cat([grad_reset, grad_update, grad_candidate], dim=1)
+    grad_hidden_gates = torch.cat([grad_reset, grad_update, grad_candidate * reset], dim=1)
     grad_hidden = torch.addmm(grad * update, grad_hidden_gates, weight_hh) if needs_hidden_grad else None
     return grad_input_gates, grad_hidden, grad_hidden_gates.t() @ hidden, grad_hidden_gates.sum(0)
 

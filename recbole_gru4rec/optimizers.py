@@ -16,6 +16,7 @@ class AdagradMomentum(torch.optim.Optimizer):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum {momentum} must be in [0, 1)")
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps))
+        self.row_scratches = {}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -35,6 +36,11 @@ class AdagradMomentum(torch.optim.Optimizer):
                     self.update_rows(param, grad._indices()[0], grad._values())
         return loss
 
+    def accumulators(self, param):
+        """The squared-gradient sum of ``param`` and its velocity (None without momentum), created when missing."""
+        state = self._state(param)
+        return state["sum"], state.get("velocity")
+
     def _state(self, param):
         state = self.state[param]
         if not state:
@@ -52,34 +58,61 @@ class AdagradMomentum(torch.optim.Optimizer):
     @torch.no_grad()
     def update_dense(self, params, grads):
         """One update of dense parameters (all of one param group) with the given gradients."""
-        # One fused (foreach) kernel per operation for all of them: a step has many small ones.
         group = self._group(params[0])
-        states = [self._state(p) for p in params]
-        sums = [state["sum"] for state in states]
-        torch._foreach_addcmul_(sums, grads, grads)
-        denominators = torch._foreach_sqrt(sums)
-        torch._foreach_add_(denominators, group["eps"])
-        if group["momentum"] > 0:
-            velocities = [state["velocity"] for state in states]
-            torch._foreach_mul_(velocities, group["momentum"])
-            torch._foreach_addcdiv_(velocities, grads, denominators, value=group["lr"])
-            torch._foreach_sub_(params, velocities)
-        else:
-            torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
+        sums, velocities = zip(*(self.accumulators(p) for p in params))
+        adagrad_dense_(params, grads, list(sums), None if velocities[0] is None else list(velocities),
+                       group["lr"], group["momentum"], group["eps"])
 
     @torch.no_grad()
     def update_rows(self, param, rows, row_grads):
         """One update of the rows ``rows`` of ``param``, whose gradient is ``row_grads`` (a row index may repeat:
         its gradients are summed, as in a sparse gradient); the other rows, their sums and velocities stay."""
-        group, state = self._group(param), self._state(param)
-        rows, position = torch.unique(rows, return_inverse=True)
-        grads = row_grads.new_zeros((len(rows), *row_grads.shape[1:])).index_add_(0, position, row_grads)
-        sums = state["sum"].index_select(0, rows).addcmul_(grads, grads)
-        state["sum"].index_copy_(0, rows, sums)
-        step = grads.div_(sums.sqrt_().add_(group["eps"]))
-        if group["momentum"] > 0:
-            step = state["velocity"].index_select(0, rows).mul_(group["momentum"]).add_(step, alpha=group["lr"])
-            state["velocity"].index_copy_(0, rows, step)
-            param.index_add_(0, rows, step, alpha=-1.0)
-        else:
-            param.index_add_(0, rows, step, alpha=-group["lr"])
+        group = self._group(param)
+        adagrad_rows_(param, rows, row_grads, *self.accumulators(param), self.row_scratch(param),
+                      group["lr"], group["momentum"], group["eps"])
+
+    def row_scratch(self, param):
+        """A tensor shaped like ``param`` where :func:`adagrad_rows_` sums the gradients of repeated rows.
+
+        Kept outside the optimizer's state, so checkpoints do not carry it."""
+        scratch = self.row_scratches.get(param)
+        if scratch is None:
+            scratch = self.row_scratches[param] = torch.zeros_like(param)
+        return scratch
+
+
+def adagrad_dense_(params, grads, sums, velocities, lr, momentum, eps):
+    """Adagrad (with momentum when ``velocities`` is not None) on dense tensors, in place."""
+    # One fused (foreach) kernel per operation for all of them: a step has many small ones.
+    torch._foreach_addcmul_(sums, grads, grads)
+    denominators = torch._foreach_sqrt(sums)
+    torch._foreach_add_(denominators, eps)
+    if velocities is not None:
+        torch._foreach_mul_(velocities, momentum)
+        torch._foreach_addcdiv_(velocities, grads, denominators, value=lr)
+        torch._foreach_sub_(params, velocities)
+    else:
+        torch._foreach_addcdiv_(params, grads, denominators, value=-lr)
+
+
+def adagrad_rows_(param, rows, row_grads, sums, velocity, scratch, lr, momentum, eps):
+    """Adagrad (with momentum when ``velocity`` is not None) on the rows ``rows`` of ``param``, in place.
+
+    A repeated row gets the sum of its gradients, once: the sums are formed in ``scratch`` (shaped like
+    ``param``; only the rows ``rows`` are used, cleared first), each occurrence reads its row's total and
+    computes the same new values, so writing them once per occurrence leaves one update, without sorting.
+    """
+    # Clearing before summing (not after reading) lets torch.compile update every tensor in place; clearing
+    # after the read made it copy the whole scratch tensor at every step.
+    scratch.index_fill_(0, rows, 0.0)
+    scratch.index_add_(0, rows, row_grads)
+    grads = scratch.index_select(0, rows)
+    row_sums = sums.index_select(0, rows).addcmul_(grads, grads)
+    sums.index_copy_(0, rows, row_sums)
+    step = grads.div_(row_sums.sqrt_().add_(eps))
+    if velocity is not None:
+        step = velocity.index_select(0, rows).mul_(momentum).add_(step, alpha=lr)
+        velocity.index_copy_(0, rows, step)
+        param.index_copy_(0, rows, param.index_select(0, rows).sub_(step))
+    else:
+        param.index_copy_(0, rows, param.index_select(0, rows).sub_(step, alpha=lr))

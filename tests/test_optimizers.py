@@ -42,6 +42,22 @@ def test_momentum_follows_the_formula(sparse):
     assert weight[1, 0].item() == pytest.approx(2.0)  # a row without gradient does not move
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_repeated_row_is_updated_once_with_its_summed_gradient(momentum):
+    weight = torch.nn.Parameter(torch.tensor([[1.0], [2.0], [3.0]]))
+    reference = torch.nn.Parameter(weight.detach().clone())
+    optimizer = AdagradMomentum([weight], lr=0.5, momentum=momentum)
+    reference_optimizer = AdagradMomentum([reference], lr=0.5, momentum=momentum)
+    for _ in range(2):
+        optimizer.update_rows(weight, torch.tensor([2, 0, 2]), torch.tensor([[1.0], [0.5], [3.0]]))
+        reference_optimizer.update_rows(reference, torch.tensor([0, 2]), torch.tensor([[0.5], [4.0]]))
+    torch.testing.assert_close(weight, reference, rtol=0, atol=0)
+    assert weight[1, 0].item() == 2.0  # untouched
+    # row 2 by hand without momentum: G=16, w=3-0.5*4/4=2.5; G=32, w=2.5-0.5*4/sqrt(32)
+    if momentum == 0:
+        assert weight[2, 0].item() == pytest.approx(2.5 - 2 / 32**0.5, rel=1e-6)
+
+
 def test_bad_arguments_are_refused():
     weight = torch.nn.Parameter(torch.zeros(1))
     with pytest.raises(ValueError, match="momentum 1.0"):
