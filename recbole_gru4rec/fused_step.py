@@ -11,11 +11,13 @@ The updates are those of the autograd path (``calculate_loss``, ``backward``, ``
 float rounding, with the same random draws in the same order; the tests compare the two step by step.
 """
 
+import warnings
+
 import torch
 
 from recbole_gru4rec.gru4rec_paper import dropout_mask
 from recbole_gru4rec.gru_cell import gru_backward, gru_forward
-from recbole_gru4rec.optimizers import AdagradMomentum
+from recbole_gru4rec.optimizers import AdagradMomentum, adagrad_dense_, adagrad_rows_
 from recbole_gru4rec.session_data import INPUT_FIELD
 
 
@@ -34,9 +36,14 @@ def unfused_reason(model, optimizer, config):
 
 
 class FusedTrainingStep:
-    """Trains ``model`` (a :class:`GRU4RecPaper`) by one session-parallel step per call, updating with ``optimizer``."""
+    """Trains ``model`` (a :class:`GRU4RecPaper`) by one session-parallel step per call, updating with ``optimizer``.
 
-    def __init__(self, model, optimizer):
+    With ``compiled=True`` the arithmetic of the step (everything after the random draws) goes through
+    ``torch.compile``: its few dozen small operations become a few generated kernels. It compiles at the first
+    step and once more when the steps narrow at the end of the epoch (the batch size becomes dynamic).
+    """
+
+    def __init__(self, model, optimizer, compiled=False):
         self.model = model
         self.optimizer = optimizer
         self.input_weights = model.input_layer.weight  # (n_items, 3H): one row per item, the 1-of-N product
@@ -49,6 +56,11 @@ class FusedTrainingStep:
         for layer in self.hidden_layers + self.upper_input_layers + [self.feedforward]:
             if layer is not None:
                 self.dense_params += [layer.weight, layer.bias]
+        self.arithmetic = self._arithmetic
+        if compiled:
+            # torch's CPU code generation calls a helper that torch itself deprecated: nothing for users to act on.
+            warnings.filterwarnings("ignore", message=r"`torch._prims_common.check` is deprecated", category=FutureWarning)
+            self.arithmetic = torch.compile(self._arithmetic)
 
     @torch.no_grad()
     def __call__(self, interaction):
@@ -56,33 +68,48 @@ class FusedTrainingStep:
         model = self.model
         items, targets = interaction[INPUT_FIELD], interaction[model.POS_ITEM_ID]
         hidden = model.carried_hidden(interaction)
+        # The random draws, in the autograd path's order (input dropout, then each layer's), come first: the
+        # arithmetic then holds no random state, and compiled or not it uses the same numbers.
+        input_mask = dropout_mask(hidden[0, :, :1], model.dropout_input) if model.dropout_input > 0 else None
+        hidden_masks = [dropout_mask(hidden[0], model.dropout_hidden) if model.dropout_hidden > 0 else None
+                        for _ in self.hidden_layers]
+        columns = model.score_columns(targets)
+        optimizer = self.optimizer
+        accumulators = [optimizer.accumulators(param) for param in self.dense_params]
+        input_rows = (*optimizer.accumulators(self.input_weights), optimizer.row_scratch(self.input_weights))
+        output_rows = (*optimizer.accumulators(self.output_weights), optimizer.row_scratch(self.output_weights))
+        group = optimizer.param_groups[0]
+        loss, model.training_hidden = self.arithmetic(
+            items, targets, columns, hidden, input_mask, hidden_masks, accumulators, input_rows, output_rows,
+            (group["lr"], group["momentum"], group["eps"]),
+        )
+        return loss
+
+    def _arithmetic(self, items, targets, columns, hidden, input_mask, hidden_masks, accumulators, input_rows,
+                    output_rows, hyperparameters):
+        """Forward, backward and update of one step; returns (loss, the new hidden states)."""
+        model = self.model
         grads = {}
 
         # Forward, keeping what the backward needs.
-        input_rows = self.input_weights.index_select(0, items)
-        input_mask = None
-        if model.dropout_input > 0:
+        input_rows_of_items = self.input_weights.index_select(0, items)
+        if input_mask is not None:
             # Dropout on a one-hot vector keeps or drops its single 1, so it scales the whole gathered row.
-            input_mask = dropout_mask(input_rows[:, :1], model.dropout_input)
-            input_rows = input_rows * input_mask
-        gates = input_rows + model.input_bias
-        caches, masks, outputs, new_hidden = [], [], [], []
+            input_rows_of_items = input_rows_of_items * input_mask
+        gates = input_rows_of_items + model.input_bias
+        caches, outputs, new_hidden = [], [], []
         for layer, hidden_layer in enumerate(self.hidden_layers):
             state, cache = gru_forward(gates, hidden[layer], hidden_layer.weight, hidden_layer.bias)
-            mask = dropout_mask(state, model.dropout_hidden) if model.dropout_hidden > 0 else None
-            output = state * mask if mask is not None else state
+            output = state * hidden_masks[layer] if hidden_masks[layer] is not None else state
             caches.append(cache)
-            masks.append(mask)
             outputs.append(output)
             new_hidden.append(state)
             if layer + 1 < len(self.hidden_layers):
                 upper = self.upper_input_layers[layer]
                 gates = torch.addmm(upper.bias, output, upper.weight.t())
-        model.training_hidden = torch.stack(new_hidden)
         head = outputs[-1]
         if self.feedforward is not None:
             head = torch.tanh(torch.addmm(self.feedforward.bias, head, self.feedforward.weight.t()))
-        columns = model.score_columns(targets)
         column_weights = self.output_weights.index_select(0, columns)
         logits = torch.addmm(model.output_bias.index_select(0, columns), head, column_weights.t())
 
@@ -100,7 +127,7 @@ class FusedTrainingStep:
             grad_output = grad_pre @ self.feedforward.weight
         for layer in reversed(range(len(self.hidden_layers))):
             hidden_layer = self.hidden_layers[layer]
-            grad_state = grad_output * masks[layer] if masks[layer] is not None else grad_output
+            grad_state = grad_output * hidden_masks[layer] if hidden_masks[layer] is not None else grad_output
             # The incoming hidden state is a constant (carried from the previous step, detached).
             grad_gates, _, grads[hidden_layer.weight], grads[hidden_layer.bias] = gru_backward(
                 grad_state, caches[layer], hidden_layer.weight, needs_hidden_grad=False
@@ -114,7 +141,9 @@ class FusedTrainingStep:
         input_grads = grad_gates * input_mask if input_mask is not None else grad_gates
 
         # Update.
-        self.optimizer.update_dense(self.dense_params, [grads[p] for p in self.dense_params])
-        self.optimizer.update_rows(self.input_weights, items, input_grads)
-        self.optimizer.update_rows(self.output_weights, columns, column_grads)
-        return loss
+        sums, velocities = zip(*accumulators)
+        adagrad_dense_(self.dense_params, [grads[p] for p in self.dense_params], list(sums),
+                       None if velocities[0] is None else list(velocities), *hyperparameters)
+        adagrad_rows_(self.input_weights, items, input_grads, *input_rows, *hyperparameters)
+        adagrad_rows_(self.output_weights, columns, column_grads, *output_rows, *hyperparameters)
+        return loss, torch.stack(new_hidden)

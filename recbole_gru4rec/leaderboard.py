@@ -138,6 +138,7 @@ def row_from(entry, result):
         "eval_seconds": result["test_seconds"],
         "peak_rss_mb": result["peak_rss_mb"],
         "config": result["config"],
+        "execution": result.get("execution", {}),
     }
 
 

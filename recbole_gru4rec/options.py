@@ -7,6 +7,8 @@ one-line message naming the option, the value and what is allowed.
 import difflib
 import os
 import re
+import shutil
+import sys
 
 import yaml
 
@@ -57,6 +59,10 @@ def _one_of(choices):
     return lambda v: v in choices, "one of " + ", ".join(choices)
 
 
+# Options that choose how a step is computed, not what: the updates are the same up to float rounding (tested).
+# A run resumes across them, and a leaderboard row stands for both; rows record them under "execution".
+EXECUTION_OPTIONS = ("fused_step", "compile_step")
+
 CHECKS = {
     "hidden_size": _int_at_least(1),
     "num_layers": _int_at_least(1),
@@ -78,6 +84,7 @@ CHECKS = {
     "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "train_batch_size": _int_at_least(1),
     "fused_step": (lambda v: isinstance(v, bool), "True or False"),
+    "compile_step": (lambda v: isinstance(v, bool), "True or False"),
 }
 
 
@@ -107,9 +114,23 @@ def validate(config):
         raise OptionError(f"option weight_decay={weight_decay!r} is not allowed: expected a number >= 0")
     if weight_decay > 0 and config["learner"].lower() == "adagrad_momentum":
         raise OptionError(f"option weight_decay={weight_decay} is not supported by learner adagrad_momentum; use 0")
+    if config["compile_step"]:
+        _check_compile_step(config)
     if config["momentum"] > 0 and config["learner"].lower() != "adagrad_momentum":
         raise OptionError(
             f"GRU4RecPaper option momentum={config['momentum']} needs learner adagrad_momentum, got {config['learner']!r}"
+        )
+
+
+def _check_compile_step(config):
+    if not config["fused_step"]:
+        raise OptionError("GRU4RecPaper option compile_step=True compiles the fused step: it needs fused_step: True")
+    # On CPU torch.compile builds C++ with $CXX, else g++ (clang++ on macOS): without it the first step fails.
+    compiler = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    if str(config["device"] or "cpu").startswith("cpu") and shutil.which(compiler) is None:
+        raise OptionError(
+            f"GRU4RecPaper option compile_step=True needs a C++ compiler on CPU: {compiler!r} (set by $CXX) is not on "
+            "PATH; install one or set compile_step: False"
         )
 
 

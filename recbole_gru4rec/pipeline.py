@@ -208,7 +208,7 @@ def check_resume(config, checkpoint_path):
     """The ``last`` checkpoint at ``checkpoint_path``, if it was trained with exactly this config."""
     checkpoint = compat.load_checkpoint(checkpoint_path, kind="last")
     current = compat.plain(config.final_config_dict)
-    for key in ["model", "dataset", *sorted(set(current) | set(checkpoint["config"]))]:
+    for key in ["model", "dataset", *sorted((set(current) | set(checkpoint["config"])) - set(options.EXECUTION_OPTIONS))]:
         if current.get(key) != checkpoint["config"].get(key):
             raise UsageError(
                 f"--resume={checkpoint_path}: the checkpoint was trained with {key}={checkpoint['config'].get(key)!r}, "
@@ -282,6 +282,7 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
         "checkpoint": trainer.saved_model_file if saved else None,
         "last_checkpoint": trainer.last_checkpoint_file,
         "config": comparison_config(config),
+        "execution": {key: config[key] for key in options.EXECUTION_OPTIONS if key in config},
     }
 
 
@@ -289,7 +290,7 @@ def comparison_config(config):
     """The resolved config values that matter when comparing runs, as plain JSON values."""
     keys = list(COMPARED_KEYS)
     if config["model"] in compat.plugin_models():
-        keys += [key for key in options.load_defaults() if key not in keys]
+        keys += [key for key in options.load_defaults() if key not in keys and key not in options.EXECUTION_OPTIONS]
     else:
         keys += [key for key in ("embedding_size", "hidden_size", "num_layers", "n_layers", "n_heads",
                                  "inner_size", "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob",

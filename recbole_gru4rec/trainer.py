@@ -241,7 +241,7 @@ class SessionParallelTrainer(RunControl, Trainer):
         if self.fused_training_step is None and self.config["fused_step"]:
             reason = unfused_reason(self.model, self.optimizer, self.config)
             if reason is None:
-                self.fused_training_step = FusedTrainingStep(self.model, self.optimizer)
+                self.fused_training_step = FusedTrainingStep(self.model, self.optimizer, self.config["compile_step"])
             elif reason != self.unfused_reason:
                 self.logger.info(f"fused_step: not used, training with autograd because of {reason}")
             self.unfused_reason = reason

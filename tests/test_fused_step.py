@@ -1,6 +1,8 @@
 """The fused training step makes the updates of the autograd path (calculate_loss, backward, optimizer.step)."""
 
 import logging
+import os
+import shutil
 
 import pytest
 import torch
@@ -50,18 +52,38 @@ def train_one_epoch(tiny, fused, **options):
     return trainer, losses
 
 
+def assert_same_training(trainer, losses, reference, reference_losses):
+    """Every step's loss, every parameter, the optimizer's sums and velocities and the carried hidden state agree."""
+    assert len(losses) > 40
+    assert losses == pytest.approx(reference_losses, rel=1e-4, abs=1e-6)
+    params = dict(trainer.model.named_parameters())
+    for name, param in reference.model.named_parameters():
+        torch.testing.assert_close(params[name], param, rtol=1e-4, atol=1e-5, msg=name)
+        for key, value in reference.optimizer.state[param].items():
+            torch.testing.assert_close(trainer.optimizer.state[params[name]][key], value, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(trainer.model.training_hidden, reference.model.training_hidden, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("options", SETTINGS.values(), ids=SETTINGS.keys())
 def test_fused_step_updates_as_autograd_does(tiny, options):
-    fused, fused_losses = train_one_epoch(tiny, True, **options)
-    autograd, autograd_losses = train_one_epoch(tiny, False, **options)
-    assert len(fused_losses) > 40
-    assert fused_losses == pytest.approx(autograd_losses, rel=1e-4, abs=1e-6)
-    fused_params = dict(fused.model.named_parameters())
-    for name, param in autograd.model.named_parameters():
-        torch.testing.assert_close(fused_params[name], param, rtol=1e-4, atol=1e-5, msg=name)
-        for key, value in autograd.optimizer.state[param].items():
-            torch.testing.assert_close(fused.optimizer.state[fused_params[name]][key], value, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(fused.model.training_hidden, autograd.model.training_hidden, rtol=1e-4, atol=1e-5)
+    assert_same_training(*train_one_epoch(tiny, True, **options), *train_one_epoch(tiny, False, **options))
+
+
+COMPILED_SETTINGS = {
+    "TOP1, two layers, feedforward, dropout, negatives, momentum": {
+        "num_layers": 2, "ff_hidden_size": 24, "dropout_prob_input": 0.2, "dropout_prob_hidden": 0.3, "n_sample": 16,
+        "learner": "adagrad_momentum", "momentum": 0.4},
+    "CE, 32 negatives, logQ": SETTINGS["CE, 32 negatives, logQ"],
+}
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile needs a C++ compiler")
+@pytest.mark.parametrize("options", COMPILED_SETTINGS.values(), ids=COMPILED_SETTINGS.keys())
+def test_compiled_step_updates_as_the_fused_step_does(tiny, options):
+    # The epoch's last steps are narrower than the first: the compiled step recompiles for them.
+    compiled = train_one_epoch(tiny, True, compile_step=True, **options)
+    assert compiled[0].fused_training_step.arithmetic is not compiled[0].fused_training_step._arithmetic
+    assert_same_training(*compiled, *train_one_epoch(tiny, True, **options))
 
 
 @pytest.mark.parametrize("options,reason", [

@@ -32,6 +32,7 @@ def test_two_models_one_epoch_on_ml100k(tmp_path):
         assert row["train_seconds_per_epoch"] > 0 and row["train_events_per_second"] > 0 and row["peak_rss_mb"] > 0
         assert set(row["best_valid_result"]) == set(row["test_result"])
     assert rows[0]["config"]["loss_type"] == "BPR"  # the entry's own file reached the run
+    assert rows[0]["execution"] == {"fused_step": True, "compile_step": False} and "fused_step" not in rows[0]["config"]
     assert header["protocol"]["seed"] == 2020 and header["protocol"]["MAX_ITEM_LIST_LENGTH"] == 50
     assert header["machine"]["cpu_cores"] >= 1 and header["versions"]["recbole"] == "1.2.1"
     table = (tmp_path / "out" / "leaderboard-ml-100k.md").read_text()
@@ -40,6 +41,9 @@ def test_two_models_one_epoch_on_ml100k(tmp_path):
 
     again = leaderboard(tmp_path, *args)  # finished rows are not trained again
     assert again.returncode == 0 and again.stdout.count("already in") == 2, again.stderr[-2000:]
+    entry_config.write_text("loss_type: BPR\nfused_step: False\n")  # how a step is computed: the same configuration
+    same = leaderboard(tmp_path, *args)
+    assert same.returncode == 0 and same.stdout.count("already in") == 2, same.stderr[-2000:]
     entry_config.write_text("loss_type: BPR\nlearning_rate: 0.02\n")  # a changed entry is trained again
     changed = leaderboard(tmp_path, *args)
     assert changed.returncode == 0 and changed.stdout.count("already in") == 1 and "config changed" in changed.stdout

@@ -157,6 +157,9 @@ def test_resume_refuses_another_config_and_a_best_checkpoint(small, tmp_path):
         pipeline.run("GRU4RecPaper", "small", overrides=dict(overrides, learning_rate=0.5), resume=result["last_checkpoint"])
     with pytest.raises(UsageError, match="is a best checkpoint; this needs a last one"):
         pipeline.run("GRU4RecPaper", "small", overrides=overrides, resume=result["checkpoint"])
+    # fused_step / compile_step change how a step is computed, not the run: resuming across them is allowed
+    pipeline.check_resume(pipeline.build_config("GRU4RecPaper", "small", overrides=dict(overrides, fused_step=False)),
+                          result["last_checkpoint"])
 
 
 def test_a_kill_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
@@ -178,6 +181,16 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, monk
 
 
 WRONG_VALUES = ["ten", [1], -3, 1.5e9, None]
+
+
+def test_compile_step_needs_the_fused_step_and_a_compiler(monkeypatch):
+    config = dict(options.load_defaults(), enable_amp=False, single_spec=True, weight_decay=0.0, device="cpu",
+                  compile_step=True)
+    with pytest.raises(options.OptionError, match="needs fused_step: True"):
+        options.validate(dict(config, fused_step=False))
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    with pytest.raises(options.OptionError, match=r"'no-such-compiler-here' \(set by \$CXX\) is not on PATH"):
+        options.validate(config)
 
 
 @pytest.mark.parametrize("option", sorted(options.load_defaults()))
