@@ -21,7 +21,7 @@ import sys
 
 import yaml
 
-from recbole_gru4rec import compat, pipeline
+from recbole_gru4rec import compat, options, pipeline
 from recbole_gru4rec.errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -315,7 +315,9 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
     for entry in entries:
         finished = board.row(entry)
         if finished is not None and not rerun:
-            if finished["config"] == pipeline.comparison_config(configs[entry.key]):
+            # Rows written before fused_step / compile_step became execution options still list them.
+            stored = {key: value for key, value in finished["config"].items() if key not in options.EXECUTION_OPTIONS}
+            if stored == pipeline.comparison_config(configs[entry.key]):
                 print(f"leaderboard: {entry.key} is already in {board.json_file} (skipped; --rerun=true trains it again)")
                 continue
             print(f"leaderboard: {entry.key}: its config changed since its row was written; training it again")

@@ -44,6 +44,12 @@ def test_two_models_one_epoch_on_ml100k(tmp_path):
     entry_config.write_text("loss_type: BPR\nfused_step: False\n")  # how a step is computed: the same configuration
     same = leaderboard(tmp_path, *args)
     assert same.returncode == 0 and same.stdout.count("already in") == 2, same.stderr[-2000:]
+    board_file = tmp_path / "out" / "leaderboard-ml-100k.json"
+    older = json.loads(board_file.read_text())
+    older["rows"][0]["config"]["fused_step"] = True  # as rows written before it was an execution option
+    board_file.write_text(json.dumps(older))
+    same = leaderboard(tmp_path, *args)
+    assert same.returncode == 0 and same.stdout.count("already in") == 2, same.stderr[-2000:]
     entry_config.write_text("loss_type: BPR\nlearning_rate: 0.02\n")  # a changed entry is trained again
     changed = leaderboard(tmp_path, *args)
     assert changed.returncode == 0 and changed.stdout.count("already in") == 1 and "config changed" in changed.stdout
