@@ -4,7 +4,8 @@ A session-parallel step is small (B rows, one event each), so autograd's graph, 
 item-indexed weights (built, then sorted to coalesce them) and the optimizer's per-parameter loop cost several
 times more than the arithmetic. Here the step is the arithmetic: the forward keeps what the backward needs,
 the backward is the chain rule through each layer, and the gradients of the item-indexed weights stay the
-rows the step touched (the input items, the scored columns), handed to :meth:`AdagradMomentum.update_rows`.
+rows the step touched (the input items, the scored columns), updated by :func:`adagrad_rows_`, the function
+behind :meth:`AdagradMomentum.update_rows`.
 The loss gradient on the (B, K) score matrix is :meth:`GRU4RecPaper.loss_and_gradient`'s.
 
 The updates are those of the autograd path (``calculate_loss``, ``backward``, ``AdagradMomentum.step``) up to
