@@ -243,7 +243,8 @@ class SessionParallelTrainer(RunControl, Trainer):
             if reason is None:
                 self.fused_training_step = FusedTrainingStep(self.model, self.optimizer, self.config["compile_step"])
             elif reason != self.unfused_reason:
-                self.logger.info(f"fused_step: not used, training with autograd because of {reason}")
+                unused = "fused_step and compile_step" if self.config["compile_step"] else "fused_step"
+                self.logger.info(f"{unused}: not used, training with autograd because of {reason}")
             self.unfused_reason = reason
         return self.fused_training_step
 
