@@ -1,8 +1,9 @@
 """Where one GRU4RecPaper training step spends its time: the fused step against autograd, and its parts.
 
 Builds GRU4RecPaper on a dataset with the given options, takes real session-parallel steps, then
-* times the fused step and the autograd step (calculate_loss, backward, optimizer.step) on the same steps,
-  alternating the two for several rounds (this VM's timings drift; alternating shows it);
+* times the fused step, the fused step compiled (``compile_step``; needs a C++ compiler) and the autograd step
+  (calculate_loss, backward, optimizer.step) on the same steps, alternating them for several rounds (this
+  VM's timings drift; alternating shows it);
 * times each part of the fused step alone: the loss and its gradient, the row updates of the output and
   input weights, the dense update, the negatives, the carried hidden state;
 * times the floor: the step's five matrix products alone, a few elementwise operations on its score matrix,
