@@ -5,6 +5,7 @@ one-line message naming the option, the value and what is allowed.
 """
 
 import difflib
+import importlib.util
 import os
 import re
 import shutil
@@ -125,12 +126,19 @@ def validate(config):
 def _check_compile_step(config):
     if not config["fused_step"]:
         raise OptionError("GRU4RecPaper option compile_step=True compiles the fused step: it needs fused_step: True")
-    # On CPU torch.compile builds C++ with $CXX, else g++ (clang++ on macOS): without it the first step fails.
-    compiler = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
-    if str(config["device"] or "cpu").startswith("cpu") and shutil.which(compiler) is None:
+    # torch.compile generates C++ on CPU, built with $CXX, else g++ (clang++ on macOS), and Triton kernels on a
+    # GPU: without the one it needs, the first step fails after all the data has been loaded.
+    if str(config["device"] or "cpu").startswith("cpu"):
+        compiler = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+        if shutil.which(compiler) is None:
+            raise OptionError(
+                f"GRU4RecPaper option compile_step=True needs a C++ compiler on CPU: {compiler!r} (set by $CXX) is not "
+                "on PATH; install one or set compile_step: False"
+            )
+    elif importlib.util.find_spec("triton") is None:
         raise OptionError(
-            f"GRU4RecPaper option compile_step=True needs a C++ compiler on CPU: {compiler!r} (set by $CXX) is not on "
-            "PATH; install one or set compile_step: False"
+            f"GRU4RecPaper option compile_step=True needs Triton on device {config['device']}: the package 'triton' is "
+            "not installed; install it or set compile_step: False"
         )
 
 

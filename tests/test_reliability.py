@@ -183,7 +183,7 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, monk
 WRONG_VALUES = ["ten", [1], -3, 1.5e9, None]
 
 
-def test_compile_step_needs_the_fused_step_and_a_compiler(monkeypatch):
+def test_compile_step_needs_the_fused_step_and_a_code_generator(monkeypatch):
     config = dict(options.load_defaults(), enable_amp=False, single_spec=True, weight_decay=0.0, device="cpu",
                   compile_step=True)
     with pytest.raises(options.OptionError, match="needs fused_step: True"):
@@ -191,6 +191,12 @@ def test_compile_step_needs_the_fused_step_and_a_compiler(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.raises(options.OptionError, match=r"'no-such-compiler-here' \(set by \$CXX\) is not on PATH"):
         options.validate(config)
+    # On a GPU no C++ compiler is asked for, but Triton is (installed or not, as this test pretends).
+    monkeypatch.setattr(options.importlib.util, "find_spec", lambda name: object())
+    options.validate(dict(config, device="cuda"))
+    monkeypatch.setattr(options.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(options.OptionError, match=r"needs Triton on device cuda: the package 'triton' is not installed"):
+        options.validate(dict(config, device="cuda"))
 
 
 @pytest.mark.parametrize("option", sorted(options.load_defaults()))
