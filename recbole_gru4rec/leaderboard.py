@@ -316,8 +316,7 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
         finished = board.row(entry)
         if finished is not None and not rerun:
             # Rows written before fused_step / compile_step became execution options still list them.
-            stored = {key: value for key, value in finished["config"].items() if key not in options.EXECUTION_OPTIONS}
-            if stored == pipeline.comparison_config(configs[entry.key]):
+            if options.without_execution_options(finished["config"]) == pipeline.comparison_config(configs[entry.key]):
                 print(f"leaderboard: {entry.key} is already in {board.json_file} (skipped; --rerun=true trains it again)")
                 continue
             print(f"leaderboard: {entry.key}: its config changed since its row was written; training it again")

@@ -207,11 +207,12 @@ def trainer_class(config):
 def check_resume(config, checkpoint_path):
     """The ``last`` checkpoint at ``checkpoint_path``, if it was trained with exactly this config."""
     checkpoint = compat.load_checkpoint(checkpoint_path, kind="last")
-    current = compat.plain(config.final_config_dict)
-    for key in ["model", "dataset", *sorted((set(current) | set(checkpoint["config"])) - set(options.EXECUTION_OPTIONS))]:
-        if current.get(key) != checkpoint["config"].get(key):
+    current = options.without_execution_options(compat.plain(config.final_config_dict))
+    trained = options.without_execution_options(checkpoint["config"])
+    for key in ["model", "dataset", *sorted(set(current) | set(trained))]:
+        if current.get(key) != trained.get(key):
             raise UsageError(
-                f"--resume={checkpoint_path}: the checkpoint was trained with {key}={checkpoint['config'].get(key)!r}, "
+                f"--resume={checkpoint_path}: the checkpoint was trained with {key}={trained.get(key)!r}, "
                 f"this command gives {current.get(key)!r}; repeat the original command line"
             )
     return checkpoint
@@ -290,7 +291,7 @@ def comparison_config(config):
     """The resolved config values that matter when comparing runs, as plain JSON values."""
     keys = list(COMPARED_KEYS)
     if config["model"] in compat.plugin_models():
-        keys += [key for key in options.load_defaults() if key not in keys and key not in options.EXECUTION_OPTIONS]
+        keys += [key for key in options.without_execution_options(options.load_defaults()) if key not in keys]
     else:
         keys += [key for key in ("embedding_size", "hidden_size", "num_layers", "n_layers", "n_heads",
                                  "inner_size", "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob",

@@ -4,6 +4,7 @@
 :class:`SessionParallelTrainer`, GRU4RecPaper's trainer, so baselines and GRU4RecPaper train under one loop.
 """
 
+import functools
 import math
 import os
 import time
@@ -219,22 +220,24 @@ class SessionParallelTrainer(RunControl, Trainer):
         steps = train_data
         if show_progress:
             steps = tqdm(train_data, total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink"))
+        train_step = fused_step if fused_step is not None else functools.partial(self._autograd_step, loss_func)
         total_loss = 0.0
         for interaction in steps:
-            if fused_step is not None:
-                loss = fused_step(interaction)
-            else:
-                self.optimizer.zero_grad()
-                loss = loss_func(interaction)
-            value = loss.item()
+            # Checked after the update: a non-finite loss stops the run before any checkpoint holds its weights.
+            value = train_step(interaction).item()
             self._check_finite(value)
             total_loss += value
-            if fused_step is None:
-                loss.backward()
-                if self.clip_grad_norm:
-                    clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
-                self.optimizer.step()
         return total_loss
+
+    def _autograd_step(self, loss_func, interaction):
+        """One optimizer update through autograd, as RecBole's trainer makes it; returns the loss."""
+        self.optimizer.zero_grad()
+        loss = loss_func(interaction)
+        loss.backward()
+        if self.clip_grad_norm:
+            clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+        self.optimizer.step()
+        return loss
 
     def _fused_step(self):
         """The fused training step for this model and optimizer, or None (with the reason logged once)."""
