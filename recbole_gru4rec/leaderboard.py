@@ -12,6 +12,7 @@ row was written is trained again).
 import datetime
 import glob
 import json
+import math
 import os
 import platform
 import shlex
@@ -213,6 +214,22 @@ def markdown(header, rows):
     return "\n".join(lines) + "\n"
 
 
+def label_offsets(points):
+    """Where each point's label goes, in offset points: above right of the point, or below right of it when a
+    point above it and near it in time has its label there already (two labels would overlap)."""
+    finite = [y for _, y in points if math.isfinite(y)]
+    near_in_y = 0.05 * ((max(finite) - min(finite)) if finite else 0.0)
+    offsets = [(6, 4)] * len(points)
+    placed_above = []
+    for index in sorted(range(len(points)), key=lambda i: -points[i][1] if math.isfinite(points[i][1]) else 0.0):
+        x, y = points[index]
+        if any(abs(math.log10(x / other_x)) < 0.6 and 0 <= other_y - y < near_in_y for other_x, other_y in placed_above):
+            offsets[index] = (6, -11)
+        else:
+            placed_above.append((x, y))
+    return offsets
+
+
 def plot(header, rows, path):
     """Test NDCG@10 against total training time, one point per row; time-budgeted rows drawn hollow."""
     import matplotlib
@@ -221,11 +238,11 @@ def plot(header, rows, path):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
+    points = [(max(row["train_seconds_total"], 1e-3), row["test_result"].get("ndcg@10", float("nan"))) for row in rows]
+    for row, (x, y), offset in zip(rows, points, label_offsets(points)):
         budgeted = row["stopped_by"] == "time_budget"
-        x, y = max(row["train_seconds_total"], 1e-3), row["test_result"].get("ndcg@10", float("nan"))
         axes.scatter([x], [y], s=60, facecolors="none" if budgeted else "C0", edgecolors="C0")
-        axes.annotate(_label(row), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        axes.annotate(_label(row), (x, y), textcoords="offset points", xytext=offset, fontsize=8)
     axes.set_xscale("log")
     left, right = axes.get_xlim()
     axes.set_xlim(left, right * 6)  # room for the labels of the slowest models

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from recbole_gru4rec.cli import main
-from recbole_gru4rec.leaderboard import markdown
+from recbole_gru4rec.leaderboard import label_offsets, markdown
 
 
 def leaderboard(cwd, *args):
@@ -85,3 +85,9 @@ def test_bad_leaderboards_are_one_line_errors(models, config_text, message, tmp_
     code = main(["--leaderboard", f"--models={models.format(config=config)}", f"--output_dir={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("run.py --leaderboard: error: ") and message in err[0]
+
+
+def test_labels_of_neighbouring_points_go_below_them():
+    # NARM and SASRec on ml-1m-u2999: near in time and in NDCG@10, so the lower one's label goes below it
+    points = [(2895.0, 0.1113), (3090.0, 0.1087), (929.0, 0.1466), (0.7, 0.0162), (2860.0, 0.1332)]
+    assert label_offsets(points) == [(6, 4), (6, -11), (6, 4), (6, 4), (6, 4)]
