@@ -69,6 +69,7 @@ def without_execution_options(config):
     """The items of ``config`` (a mapping) that say what a run computes: all but the :data:`EXECUTION_OPTIONS`."""
     return {key: value for key, value in config.items() if key not in EXECUTION_OPTIONS}
 
+
 CHECKS = {
     "hidden_size": _int_at_least(1),
     "num_layers": _int_at_least(1),
