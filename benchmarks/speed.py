@@ -18,22 +18,25 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_gru4rec import pipeline  # noqa: E402
+from recbole_gru4rec import cpp_step, pipeline  # noqa: E402
 from recbole_gru4rec.leaderboard import machine, versions  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = "RecBole GRU4Rec (defaults)"
 # name -> run.py arguments; "paper" is GRU4RecPaper.yaml unchanged, "CE + 512" the 40x setting. Each
 # GRU4RecPaper setting runs with the fused training step (the default), with it compiled (--compile_step=True;
-# its first epoch includes compiling, the median leaves it out) and with autograd (--fused_step=False).
+# its first epoch includes compiling, the median leaves it out), in C++ (--cpp_step=True; built before the run,
+# see main) and with autograd (--fused_step=False).
 PAPER = ["--model=GRU4RecPaper"]
 CE_512 = ["--model=GRU4RecPaper", "--loss_type=CE", "--final_activation=linear", "--train_batch_size=64", "--n_sample=512"]
 SETTINGS = {
     "GRU4RecPaper (paper: TOP1, batch 50)": PAPER,
     "GRU4RecPaper (paper: TOP1, batch 50), compiled step": PAPER + ["--compile_step=True"],
+    "GRU4RecPaper (paper: TOP1, batch 50), C++ step": PAPER + ["--cpp_step=True"],
     "GRU4RecPaper (paper: TOP1, batch 50), autograd step": PAPER + ["--fused_step=False"],
     "GRU4RecPaper (CE, batch 64, 512 extra negatives)": CE_512,
     "GRU4RecPaper (CE, batch 64, 512 extra negatives), compiled step": CE_512 + ["--compile_step=True"],
+    "GRU4RecPaper (CE, batch 64, 512 extra negatives), C++ step": CE_512 + ["--cpp_step=True"],
     "GRU4RecPaper (CE, batch 64, 512 extra negatives), autograd step": CE_512 + ["--fused_step=False"],
     BASELINE: ["--model=GRU4Rec"],
 }
@@ -103,6 +106,7 @@ def main():
     parser.add_argument("--output", default=None, help="JSON file for the results (default results/speed-DATASET.json)")
     args = parser.parse_args()
     with_autograd = args.with_autograd == "yes"
+    cpp_step.load_extension()  # built once here (or found in torch's cache), so no timed epoch includes the build
     report = {"dataset": args.dataset, "machine": machine(), "versions": versions(), "runs": []}
     with tempfile.TemporaryDirectory() as workdir:
         if args.fractions is None:

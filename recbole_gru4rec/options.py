@@ -62,7 +62,7 @@ def _one_of(choices):
 
 # Options that choose how a step is computed, not what: the updates are the same up to float rounding (tested).
 # A run resumes across them, and a leaderboard row stands for both; rows record them under "execution".
-EXECUTION_OPTIONS = ("fused_step", "compile_step")
+EXECUTION_OPTIONS = ("fused_step", "compile_step", "cpp_step")
 
 
 def without_execution_options(config):
@@ -92,6 +92,7 @@ CHECKS = {
     "train_batch_size": _int_at_least(1),
     "fused_step": (lambda v: isinstance(v, bool), "True or False"),
     "compile_step": (lambda v: isinstance(v, bool), "True or False"),
+    "cpp_step": (lambda v: isinstance(v, bool), "True or False"),
 }
 
 
@@ -123,6 +124,8 @@ def validate(config):
         raise OptionError(f"option weight_decay={weight_decay} is not supported by learner adagrad_momentum; use 0")
     if config["compile_step"]:
         _check_compile_step(config)
+    if config["cpp_step"]:
+        _check_cpp_step(config)
     if config["momentum"] > 0 and config["learner"].lower() != "adagrad_momentum":
         raise OptionError(
             f"GRU4RecPaper option momentum={config['momentum']} needs learner adagrad_momentum, got {config['learner']!r}"
@@ -132,19 +135,39 @@ def validate(config):
 def _check_compile_step(config):
     if not config["fused_step"]:
         raise OptionError("GRU4RecPaper option compile_step=True compiles the fused step: it needs fused_step: True")
-    # torch.compile generates C++ on CPU, built with $CXX, else g++ (clang++ on macOS), and Triton kernels on a
-    # GPU: without the one it needs, the first step fails after all the data has been loaded.
-    if str(config["device"] or "cpu").startswith("cpu"):
-        compiler = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
-        if shutil.which(compiler) is None:
-            raise OptionError(
-                f"GRU4RecPaper option compile_step=True needs a C++ compiler on CPU: {compiler!r} (set by $CXX) is not "
-                "on PATH; install one or set compile_step: False"
-            )
+    # torch.compile generates C++ on CPU and Triton kernels on a GPU: without the one it needs, the first step
+    # fails after all the data has been loaded.
+    if _on_cpu(config):
+        _check_compiler("compile_step")
     elif importlib.util.find_spec("triton") is None:
         raise OptionError(
             f"GRU4RecPaper option compile_step=True needs Triton on device {config['device']}: the package 'triton' is "
             "not installed; install it or set compile_step: False"
+        )
+
+
+def _check_cpp_step(config):
+    if not config["fused_step"]:
+        raise OptionError("GRU4RecPaper option cpp_step=True runs the fused step in C++: it needs fused_step: True")
+    if config["compile_step"]:
+        raise OptionError("GRU4RecPaper options cpp_step=True and compile_step=True exclude each other: choose one")
+    if not _on_cpu(config):
+        raise OptionError(f"GRU4RecPaper option cpp_step=True trains on the CPU, not on device {config['device']}: "
+                          "set cpp_step: False (or compile_step: True) there")
+    _check_compiler("cpp_step")
+
+
+def _on_cpu(config):
+    return str(config["device"] or "cpu").startswith("cpu")
+
+
+def _check_compiler(option):
+    # Built with $CXX, else g++ (clang++ on macOS), as torch does.
+    compiler = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    if shutil.which(compiler) is None:
+        raise OptionError(
+            f"GRU4RecPaper option {option}=True needs a C++ compiler on CPU: {compiler!r} (set by $CXX) is not on "
+            f"PATH; install one or set {option}: False"
         )
 
 

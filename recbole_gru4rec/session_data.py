@@ -157,6 +157,14 @@ class SessionParallelEpoch:
                 rows[t] = torch.from_numpy(np.searchsorted(previous, current)).to(device)
         return rows
 
+    def previous_rows(self):
+        """For every event, the row of its slot in the step before (its own row index in step 0): a LongTensor."""
+        widths = np.diff(self.bounds)
+        rows = np.arange(self.bounds[-1]) - np.repeat(self.bounds[:-1], widths)
+        for t, continuing in self.rows.items():
+            rows[self.bounds[t] : self.bounds[t + 1]] = continuing.cpu().numpy()
+        return torch.from_numpy(rows).to(self.items.device)
+
     def step_slots(self, t):
         """The slot of each row of step ``t``."""
         return self.slots[self.bounds[t] : self.bounds[t + 1]]
@@ -208,9 +216,14 @@ class SessionParallelDataLoader:
     def __len__(self):
         return len(self._epoch(self.epoch))
 
-    def __iter__(self):
+    def next_epoch(self):
+        """The steps of the next epoch as one :class:`SessionParallelEpoch` (what iterating would yield)."""
         steps = self._epoch(self.epoch)
         self.epoch += 1
+        return steps
+
+    def __iter__(self):
+        steps = self.next_epoch()
         bounds = steps.bounds
         for t in range(steps.n_steps):
             a, b = bounds[t], bounds[t + 1]

@@ -15,6 +15,7 @@ from torch.nn.utils.clip_grad import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_gru4rec.compat import SafeCheckpoints, load_checkpoint, write_checkpoint
+from recbole_gru4rec.cpp_step import CppTrainingSteps, uncovered_reason
 from recbole_gru4rec.fused_step import FusedTrainingStep, unfused_reason
 from recbole_gru4rec.optimizers import AdagradMomentum
 from recbole_gru4rec.session_data import SessionParallelDataLoader, epoch_seed
@@ -199,6 +200,7 @@ class SessionParallelTrainer(RunControl, Trainer):
     * ``learner: adagrad_momentum`` builds :class:`AdagradMomentum` (with ``momentum``).
     * With ``fused_step: True`` (the default) and a setting it covers, each step is a
       :class:`FusedTrainingStep` (no autograd graph, no sparse gradients); otherwise autograd, as RecBole does.
+      With ``cpp_step: True`` as well, the same arithmetic runs in C++, many steps per call (:class:`CppTrainingSteps`).
     Epochs, checkpoints, resuming and the loss check are :class:`RunControl`'s; evaluation is RecBole's.
     """
 
@@ -216,6 +218,8 @@ class SessionParallelTrainer(RunControl, Trainer):
         self.epoch_in_progress, self.epoch_step = epoch_idx, 0
         self.model.train()
         fused_step = self._fused_step() if loss_func is None else None
+        if isinstance(fused_step, CppTrainingSteps):
+            return self._train_epoch_in_cpp(fused_step, train_data, epoch_idx, show_progress)
         loss_func = loss_func or self.model.calculate_loss
         steps = train_data
         if show_progress:
@@ -229,6 +233,22 @@ class SessionParallelTrainer(RunControl, Trainer):
             total_loss += value
         return total_loss
 
+    def _train_epoch_in_cpp(self, cpp_steps, train_data, epoch_idx, show_progress):
+        """One epoch through :class:`CppTrainingSteps`, with the loss check of every step."""
+        progress = None
+        if show_progress:
+            progress = tqdm(total=len(train_data), ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink"))
+        total_loss = 0.0
+        for losses in cpp_steps.train_epoch(train_data.next_epoch()):
+            for value in losses.tolist():
+                self._check_finite(value)
+                total_loss += value
+            if progress is not None:
+                progress.update(len(losses))
+        if progress is not None:
+            progress.close()
+        return total_loss
+
     def _autograd_step(self, loss_func, interaction):
         """One optimizer update through autograd, as RecBole's trainer makes it; returns the loss."""
         self.optimizer.zero_grad()
@@ -240,14 +260,21 @@ class SessionParallelTrainer(RunControl, Trainer):
         return loss
 
     def _fused_step(self):
-        """The fused training step for this model and optimizer, or None (with the reason logged once)."""
+        """The fused training step for this model and optimizer (in C++ with ``cpp_step``), or None (with the reason
+        logged once)."""
         if self.fused_training_step is None and self.config["fused_step"]:
             reason = unfused_reason(self.model, self.optimizer, self.config)
+            if reason is None and self.config["cpp_step"]:
+                cpp_reason = uncovered_reason(self.model)
+                if cpp_reason is None:
+                    self.fused_training_step = CppTrainingSteps(self.model, self.optimizer)
+                    return self.fused_training_step
+                self.logger.info(f"cpp_step: not used, training with the fused step in Python because of {cpp_reason}")
             if reason is None:
                 self.fused_training_step = FusedTrainingStep(self.model, self.optimizer, self.config["compile_step"])
             elif reason != self.unfused_reason:
-                unused = "fused_step and compile_step" if self.config["compile_step"] else "fused_step"
-                self.logger.info(f"{unused}: not used, training with autograd because of {reason}")
+                unused = [name for name in ("fused_step", "compile_step", "cpp_step") if self.config[name]]
+                self.logger.info(f"{' and '.join(unused)}: not used, training with autograd because of {reason}")
             self.unfused_reason = reason
         return self.fused_training_step
 

@@ -1,4 +1,5 @@
-"""The fused training step makes the updates of the autograd path (calculate_loss, backward, optimizer.step)."""
+"""The fused training step makes the updates of the autograd path (calculate_loss, backward, optimizer.step), and
+its compiled and C++ forms make the updates of the fused step."""
 
 import logging
 import os
@@ -9,8 +10,12 @@ import torch
 from recbole.utils import init_seed
 
 from conftest import build, random_sessions_folder
-from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader, SessionParallelTrainer
+from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader, SessionParallelTrainer, cpp_step
+from recbole_gru4rec.cpp_step import CppTrainingSteps
 from recbole_gru4rec.fused_step import FusedTrainingStep
+from recbole_gru4rec.trainer import NonFiniteLossError
+
+NO_COMPILER = shutil.which(os.environ.get("CXX", "g++")) is None
 
 SETTINGS = {
     "paper TOP1": {},
@@ -40,7 +45,10 @@ def train_one_epoch(tiny, fused, **options):
     step = trainer._fused_step() or trainer.model.calculate_loss
     assert (trainer._fused_step() is not None) == fused
     torch.manual_seed(3)
-    for interaction in SessionParallelDataLoader(config, train._dataset):
+    loader = SessionParallelDataLoader(config, train._dataset)
+    if isinstance(step, CppTrainingSteps):
+        return trainer, [value for chunk in step.train_epoch(loader.next_epoch()) for value in chunk.tolist()]
+    for interaction in loader:
         if fused:
             losses.append(step(interaction).item())
         else:
@@ -77,13 +85,71 @@ COMPILED_SETTINGS = {
 }
 
 
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile needs a C++ compiler")
+@pytest.mark.skipif(NO_COMPILER, reason="torch.compile needs a C++ compiler")
 @pytest.mark.parametrize("options", COMPILED_SETTINGS.values(), ids=COMPILED_SETTINGS.keys())
 def test_compiled_step_updates_as_the_fused_step_does(tiny, options):
     # The epoch's last steps are narrower than the first: the compiled step recompiles for them.
     compiled = train_one_epoch(tiny, True, compile_step=True, **options)
     assert compiled[0].fused_training_step.arithmetic is not compiled[0].fused_training_step._arithmetic
     assert_same_training(*compiled, *train_one_epoch(tiny, True, **options))
+
+
+CPP_SETTINGS = {
+    **{name: SETTINGS[name] for name in ("paper TOP1", "BPR, input dropout", "TOP1, elu, 16 negatives",
+                                         "CE, 32 negatives, logQ")},
+    **COMPILED_SETTINGS,
+    "BPR, two layers, momentum, 8 negatives": {"loss_type": "BPR", "num_layers": 2, "learner": "adagrad_momentum",
+                                               "momentum": 0.3, "n_sample": 8},
+}
+
+
+@pytest.mark.skipif(NO_COMPILER, reason="cpp_step needs a C++ compiler")
+@pytest.mark.parametrize("options", CPP_SETTINGS.values(), ids=CPP_SETTINGS.keys())
+def test_cpp_step_updates_as_the_fused_step_does(tiny, monkeypatch, options):
+    # Chunks of 7 steps: the hidden state crosses chunk boundaries, narrower steps among them.
+    monkeypatch.setattr(cpp_step, "CHUNK_STEPS", 7)
+    in_cpp = train_one_epoch(tiny, True, cpp_step=True, **options)
+    assert isinstance(in_cpp[0].fused_training_step, CppTrainingSteps)
+    assert_same_training(*in_cpp, *train_one_epoch(tiny, True, **options))
+
+
+@pytest.mark.skipif(NO_COMPILER, reason="cpp_step needs a C++ compiler")
+def test_cpp_step_stops_where_the_fused_step_stops_at_a_non_finite_loss(tiny, monkeypatch):
+    monkeypatch.setattr(cpp_step, "CHUNK_STEPS", 7)
+    trainers, errors = [], []
+    for in_cpp in (True, False):
+        config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny, train_batch_size=8, hidden_size=16,
+                                       cpp_step=in_cpp)
+        init_seed(config["seed"], True)
+        trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
+        steps = SessionParallelDataLoader(config, train._dataset).next_epoch()
+        first_scored = {}  # item -> the first step that scores it (without extra negatives: a step's targets)
+        for t in range(steps.n_steps):
+            for item in steps.targets[steps.bounds[t] : steps.bounds[t + 1]].tolist():
+                first_scored.setdefault(item, t)
+        late_item = max(first_scored, key=first_scored.get)
+        with torch.no_grad():
+            trainer.model.output_bias[late_item] = float("nan")
+        with pytest.raises(NonFiniteLossError) as error:
+            trainer._train_epoch(SessionParallelDataLoader(config, train._dataset), 0)
+        trainers.append(trainer)
+        errors.append(str(error.value))
+    assert first_scored[late_item] > 0 and f"step {first_scored[late_item]};" in errors[0]
+    assert errors[0] == errors[1]
+    torch.testing.assert_close(trainers[0].model.input_layer.weight, trainers[1].model.input_layer.weight, equal_nan=True)
+
+
+@pytest.mark.skipif(NO_COMPILER, reason="cpp_step needs a C++ compiler")
+def test_cpp_step_leaves_a_loss_it_does_not_cover_to_the_fused_step_and_says_so(tiny, caplog):
+    config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny, state="INFO", loss_type="BPR-max",
+                                   cpp_step=True)
+    trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
+    with caplog.at_level(logging.INFO):
+        trainer._train_epoch(SessionParallelDataLoader(config, train._dataset), 0)
+    said = [record.getMessage() for record in caplog.records if "not used" in record.getMessage()]
+    assert type(trainer.fused_training_step) is FusedTrainingStep
+    assert said == ["cpp_step: not used, training with the fused step in Python because of loss_type: BPR-max, "
+                    "final_activation: tanh (the C++ step covers TOP1, BPR, and CE with final_activation: linear)"]
 
 
 @pytest.mark.parametrize("options,reason", [

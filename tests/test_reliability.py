@@ -199,6 +199,20 @@ def test_compile_step_needs_the_fused_step_and_a_code_generator(monkeypatch):
         options.validate(dict(config, device="cuda"))
 
 
+def test_cpp_step_needs_the_fused_step_the_cpu_and_a_compiler(monkeypatch):
+    config = dict(options.load_defaults(), enable_amp=False, single_spec=True, weight_decay=0.0, device="cpu",
+                  cpp_step=True)
+    with pytest.raises(options.OptionError, match=r"cpp_step=True runs the fused step in C\+\+: it needs fused_step: True"):
+        options.validate(dict(config, fused_step=False))
+    with pytest.raises(options.OptionError, match="cpp_step=True and compile_step=True exclude each other"):
+        options.validate(dict(config, compile_step=True))
+    with pytest.raises(options.OptionError, match="cpp_step=True trains on the CPU, not on device cuda"):
+        options.validate(dict(config, device="cuda"))
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    with pytest.raises(options.OptionError, match=r"cpp_step=True needs a C\+\+ compiler on CPU: 'no-such-compiler-here'"):
+        options.validate(config)
+
+
 @pytest.mark.parametrize("option", sorted(options.load_defaults()))
 def test_every_option_is_checked_for_type_and_range(option):
     """Each default of GRU4RecPaper.yaml has a check, and it refuses at least one wrong value in one line."""

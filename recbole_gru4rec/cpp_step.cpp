@@ -1,0 +1,600 @@
+// GRU4RecPaper's fused training step (recbole_gru4rec/fused_step.py) in C++, many steps per call.
+//
+// On a CPU a session-parallel step is a few dozen operations on tensors of a few thousand values, and calling
+// each from Python costs about as much as its arithmetic. Here a whole chunk of steps runs in one call: the
+// matrix products and the vectorised sigmoid / tanh / exp stay ATen calls; the gathers, the loss gradients,
+// the GRU backward and the Adagrad updates are plain loops; and the work is split between two intra-op
+// threads where it divides (the forward's matrix products by rows, the backward into two independent halves).
+// The arithmetic is the fused step's, and the dropout masks are drawn from torch's default generator in the
+// fused step's order, so both make the same updates up to float rounding (tests/test_fused_step.py).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+enum Loss { CROSS_ENTROPY = 0, TOP1 = 1, BPR = 2 };
+enum Activation { LINEAR = 0, TANH = 1, ELU = 2 };
+
+struct Settings {
+  int64_t num_layers;
+  bool feedforward;
+  Loss loss;
+  Activation activation;
+  double elu_alpha;
+  double logq;
+  double dropout_input, dropout_hidden;
+  float lr, momentum, eps;
+};
+
+// The parameters, in the order of FusedTrainingStep.dense_params: input bias, output bias, (W_hh, b_hh) of each
+// GRU layer, (W_ih, b_ih) of each upper layer, then the feedforward layer's (W, b).
+// The *_at functions give a parameter's index there, which is also its gradient's index in a step.
+struct Parameters {
+  const std::vector<Tensor>& dense;
+  int64_t layers;
+  static constexpr int64_t input_bias_at = 0, output_bias_at = 1;
+  int64_t hidden_weight_at(int64_t layer) const { return 2 + 2 * layer; }
+  int64_t upper_weight_at(int64_t layer) const { return 2 + 2 * layers + 2 * layer; }  // the layer feeding layer + 1
+  int64_t feedforward_weight_at() const { return 4 * layers; }  // each bias follows its weight
+  const Tensor& input_bias() const { return dense[input_bias_at]; }
+  const Tensor& output_bias() const { return dense[output_bias_at]; }
+  const Tensor& hidden_weight(int64_t layer) const { return dense[hidden_weight_at(layer)]; }
+  const Tensor& hidden_bias(int64_t layer) const { return dense[hidden_weight_at(layer) + 1]; }
+  const Tensor& upper_weight(int64_t layer) const { return dense[upper_weight_at(layer)]; }
+  const Tensor& upper_bias(int64_t layer) const { return dense[upper_weight_at(layer) + 1]; }
+  const Tensor& feedforward_weight() const { return dense[feedforward_weight_at()]; }
+  const Tensor& feedforward_bias() const { return dense[feedforward_weight_at() + 1]; }
+};
+
+// An item-indexed weight matrix with its Adagrad state; only the rows a step touches are updated.
+struct RowParameter {
+  Tensor weight, sum, scratch, velocity;  // velocity undefined without momentum
+  explicit RowParameter(const std::vector<Tensor>& tensors)
+      : weight(tensors[0]), sum(tensors[1]), scratch(tensors[2]), velocity(tensors.size() > 3 ? tensors[3] : Tensor()) {}
+};
+
+// AdagradMomentum's update of n values (adagrad_dense_ / adagrad_rows_): s += g^2; step = g / (sqrt(s) + eps);
+// with momentum v = m v + lr step, p -= v; without, p -= lr step.
+void adagrad_update(float* __restrict__ param, float* __restrict__ sum, float* __restrict__ velocity,
+                    const float* __restrict__ grad, int64_t n, const Settings& s) {
+  const float lr = s.lr, momentum = s.momentum, eps = s.eps;
+  if (velocity) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float total = sum[i] + grad[i] * grad[i];
+      sum[i] = total;
+      velocity[i] = velocity[i] * momentum + lr * (grad[i] / (std::sqrt(total) + eps));
+      param[i] -= velocity[i];
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float total = sum[i] + grad[i] * grad[i];
+      sum[i] = total;
+      param[i] -= lr * (grad[i] / (std::sqrt(total) + eps));
+    }
+  }
+}
+
+void adagrad_dense(Tensor& param, const Tensor& grad, Tensor& sum, Tensor* velocity, const Settings& s) {
+  Tensor g = grad.contiguous();
+  adagrad_update(param.data_ptr<float>(), sum.data_ptr<float>(), velocity ? velocity->data_ptr<float>() : nullptr,
+                 g.data_ptr<float>(), param.numel(), s);
+}
+
+// The distinct values of ``values`` (item ids below ``bound``), in order of first appearance.
+std::vector<int64_t> distinct(const int64_t* values, int64_t n, int64_t bound) {
+  std::vector<char> seen(bound, 0);
+  std::vector<int64_t> out;
+  out.reserve(n);
+  for (int64_t k = 0; k < n; ++k) {
+    if (!seen[values[k]]) {
+      seen[values[k]] = 1;
+      out.push_back(values[k]);
+    }
+  }
+  return out;
+}
+
+// AdagradMomentum on the rows ``rows`` of an item-indexed matrix (adagrad_rows_): a repeated row gets the sum
+// of its gradients (formed in the scratch matrix), once. The rows are split between the intra-op threads.
+void adagrad_rows(RowParameter& param, const Tensor& rows, const Tensor& row_grads, const Settings& s) {
+  const int64_t n = rows.size(0), width = param.weight.size(1);
+  const int64_t* row = rows.data_ptr<int64_t>();
+  Tensor g_contiguous = row_grads.contiguous();
+  const float* g = g_contiguous.data_ptr<float>();
+  float* total = param.scratch.data_ptr<float>();
+  std::vector<char> started(param.weight.size(0), 0);
+  for (int64_t k = 0; k < n; ++k) {
+    float* __restrict__ target = total + row[k] * width;
+    const float* __restrict__ source = g + k * width;
+    if (started[row[k]]) {
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) target[j] += source[j];
+    } else {
+      started[row[k]] = 1;
+      std::copy_n(source, width, target);
+    }
+  }
+  const std::vector<int64_t> unique = distinct(row, n, param.weight.size(0));
+  float* weight = param.weight.data_ptr<float>();
+  float* acc = param.sum.data_ptr<float>();
+  float* velocity = param.velocity.defined() ? param.velocity.data_ptr<float>() : nullptr;
+  at::parallel_for(0, static_cast<int64_t>(unique.size()), 8192 / width + 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t offset = unique[k] * width;
+      adagrad_update(weight + offset, acc + offset, velocity ? velocity + offset : nullptr, total + offset, width, s);
+    }
+  });
+}
+
+// The column positions that hold each item: for item i, first[i], then next[first[i]], ... until -1.
+struct ColumnIndex {
+  std::vector<int32_t> first, next;
+  ColumnIndex(const int64_t* columns, int64_t width, int64_t n_items) : first(n_items, -1), next(width, -1) {
+    for (int64_t j = width - 1; j >= 0; --j) {
+      next[j] = first[columns[j]];
+      first[columns[j]] = static_cast<int32_t>(j);
+    }
+  }
+  int64_t count(int64_t item) const {
+    int64_t n = 0;
+    for (int32_t j = first[item]; j >= 0; j = next[j]) ++n;
+    return n;
+  }
+};
+
+// Sampled cross-entropy on linear scores (cross_entropy_with_gradient): row i's target is column i; a column
+// holding row i's target elsewhere is left out of its softmax. Returns (loss, gradient on the scores).
+// The rows are independent but for the count of rows with a negative: they are split between the threads.
+std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* targets, const ColumnIndex& index) {
+  const int64_t rows = scores.size(0), width = scores.size(1), grain = 16;
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  Tensor probabilities = at::empty_like(scores);
+  const float* score = scores.data_ptr<float>();
+  float* e = probabilities.data_ptr<float>();
+  std::vector<float> diagonal(rows), row_loss(rows);
+  std::vector<char> has_negative(rows);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* __restrict__ row = score + i * width;
+      float* __restrict__ out = e + i * width;
+      // A repeat of the target has the target's own score, so the maximum over all columns is the one over the
+      // columns kept, up to rounding: it only shifts the exponents.
+      float maximum = minus_infinity;
+#pragma omp simd reduction(max : maximum)
+      for (int64_t j = 0; j < width; ++j) maximum = std::max(maximum, row[j]);
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) out[j] = row[j] - maximum;
+      int64_t repeats = 0;
+      for (int32_t j = index.first[targets[i]]; j >= 0; j = index.next[j]) {
+        if (j != i) {
+          out[j] = minus_infinity;
+          ++repeats;
+        }
+      }
+      diagonal[i] = out[i];
+      has_negative[i] = repeats < width - 1;
+    }
+  });
+  probabilities.exp_();  // vectorised, and split between the threads at this size
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float* __restrict__ out = e + i * width;
+      float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+      for (int64_t j = 0; j < width; ++j) total += out[j];
+      row_loss[i] = std::log(total) - diagonal[i];  // -log softmax of the target
+      const float inverse = 1.0f / total;
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) out[j] *= inverse;
+    }
+  });
+  const int64_t with_negative = std::count(has_negative.begin(), has_negative.end(), 1);
+  const float scale = 1.0f / static_cast<float>(std::max<int64_t>(with_negative, 1));
+  double loss = 0.0;
+  for (int64_t i = 0; i < rows; ++i) {
+    const float weight = has_negative[i] ? scale : 0.0f;
+    loss += static_cast<double>(row_loss[i]) * weight;
+    float* __restrict__ out = e + i * width;
+#pragma omp simd
+    for (int64_t j = 0; j < width; ++j) out[j] *= weight;
+    out[i] -= weight;
+  }
+  return {loss, probabilities};
+}
+
+// TOP1 or BPR over the scores (pairwise_with_gradient): the mean over each row's negatives (columns holding
+// another item than its target), then over the rows that have one. Returns (loss, gradient on the scores).
+std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const int64_t* targets, const ColumnIndex& index) {
+  const int64_t rows = scores.size(0), width = scores.size(1);
+  const float* score = scores.data_ptr<float>();
+  Tensor difference = at::empty_like(scores);
+  float* d = difference.data_ptr<float>();
+  std::vector<float> pair_weight(rows * width);
+  std::vector<int64_t> counts(rows);
+  int64_t with_negative = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    counts[i] = width - index.count(targets[i]);
+    with_negative += counts[i] > 0;
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const float row_weight = counts[i] > 0
+        ? 1.0f / static_cast<float>(std::max<int64_t>(counts[i], 1) * std::max<int64_t>(with_negative, 1))
+        : 0.0f;
+    float* __restrict__ weight = pair_weight.data() + i * width;
+    const float* __restrict__ row = score + i * width;
+    float* __restrict__ out = d + i * width;
+    const float own = row[i];
+#pragma omp simd
+    for (int64_t j = 0; j < width; ++j) {
+      weight[j] = row_weight;
+      out[j] = row[j] - own;
+    }
+    for (int32_t j = index.first[targets[i]]; j >= 0; j = index.next[j]) weight[j] = 0.0f;  // not a negative
+  }
+  Tensor ranking = at::sigmoid(difference);
+  const float* rank = ranking.data_ptr<float>();
+  Tensor gradient = at::empty_like(scores);
+  float* grad = gradient.data_ptr<float>();
+  double loss = 0.0;
+  Tensor pair_loss = loss_type == TOP1 ? at::sigmoid(scores * scores) : at::softplus(difference);
+  const float* per_pair = pair_loss.data_ptr<float>();  // TOP1: the regularizer sigmoid(r_j^2); BPR: -log sigmoid(r_i - r_j)
+  for (int64_t i = 0; i < rows; ++i) {
+    float row_loss = 0.0f, diagonal = 0.0f;
+    const float* __restrict__ weight = pair_weight.data() + i * width;
+    float* __restrict__ g = grad + i * width;
+    const float* __restrict__ r = rank + i * width;
+    const float* __restrict__ p = per_pair + i * width;
+    const float* __restrict__ x = score + i * width;
+    if (loss_type == TOP1) {
+#pragma omp simd reduction(+ : row_loss, diagonal)
+      for (int64_t j = 0; j < width; ++j) {
+        row_loss += (r[j] + p[j]) * weight[j];
+        const float ranking_grad = r[j] * (1 - r[j]) * weight[j];
+        g[j] = p[j] * (1 - p[j]) * x[j] * (2 * weight[j]) + ranking_grad;
+        diagonal += ranking_grad;
+      }
+    } else {
+#pragma omp simd reduction(+ : row_loss, diagonal)
+      for (int64_t j = 0; j < width; ++j) {
+        row_loss += p[j] * weight[j];
+        g[j] = r[j] * weight[j];
+        diagonal += g[j];
+      }
+    }
+    g[i] -= diagonal;
+    loss += row_loss;
+  }
+  return {loss, gradient};
+}
+
+// The loss of a step and its gradient on the pre-activation scores (GRU4RecPaper.loss_and_gradient).
+std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& columns, const Tensor& targets,
+                                            const std::optional<Tensor>& log_popularity, int64_t n_items,
+                                            const Settings& s) {
+  const int64_t* target = targets.data_ptr<int64_t>();
+  const ColumnIndex index(columns.data_ptr<int64_t>(), columns.size(0), n_items);
+  if (s.loss == CROSS_ENTROPY) {  // on linear scores: the gradient on the scores is the one on the logits
+    Tensor scores = logits;
+    if (s.logq > 0) scores = logits - s.logq * log_popularity->index_select(0, columns);
+    return cross_entropy(scores.contiguous(), target, index);
+  }
+  Tensor scores = logits;
+  if (s.activation == TANH) scores = at::tanh(logits);
+  else if (s.activation == ELU) scores = at::elu(logits, s.elu_alpha);
+  auto [loss, gradient] = pairwise(s.loss, scores.contiguous(), target, index);
+  float* __restrict__ grad = gradient.data_ptr<float>();
+  const float* __restrict__ score = scores.data_ptr<float>();
+  const float* __restrict__ logit = logits.data_ptr<float>();
+  const int64_t n = gradient.numel();
+  if (s.activation == TANH) {  // times the activation's slope
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) grad[k] *= 1 - score[k] * score[k];
+  } else if (s.activation == ELU) {
+    const float alpha = static_cast<float>(s.elu_alpha);
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) grad[k] *= logit[k] > 0 ? 1.0f : score[k] + alpha;
+  }
+  return {loss, gradient};
+}
+
+// A (rows, width) tensor of the rows ``rows`` of ``table``, times ``scale[k]`` when ``scale`` is given.
+Tensor gather_rows(const Tensor& table, const int64_t* rows, int64_t n, const float* scale = nullptr) {
+  const int64_t width = table.size(1);
+  Tensor out = at::empty({n, width}, table.options());
+  const float* __restrict__ source = table.data_ptr<float>();
+  float* __restrict__ target = out.data_ptr<float>();
+  for (int64_t k = 0; k < n; ++k) {
+    const float* __restrict__ row = source + rows[k] * width;
+    if (scale) {
+      for (int64_t j = 0; j < width; ++j) target[k * width + j] = row[j] * scale[k];
+    } else {
+      std::copy_n(row, width, target + k * width);
+    }
+  }
+  return out;
+}
+
+// bias + a b^T, its rows split between two intra-op threads: at this size one matrix product gains little
+// from MKL's own threading, two independent halves nearly twice.
+Tensor addmm_split(const Tensor& bias, const Tensor& a, const Tensor& b) {
+  Tensor out = at::empty({a.size(0), b.size(0)}, a.options());
+  const int64_t half = (a.size(0) + 1) / 2;
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t part = begin; part < end; ++part) {
+      const int64_t first = part * half, rows = std::min(a.size(0), first + half) - first;
+      if (rows > 0) {
+        Tensor block = out.narrow(0, first, rows);
+        at::addmm_out(block, bias, a.narrow(0, first, rows), b.t());
+      }
+    }
+  });
+  return out;
+}
+
+struct LayerCache {
+  Tensor hidden, reset_update, candidate, hidden_gates;
+};
+
+// One GRU step (gru_cell.gru_forward) from the input gates W_i x + b_i (B, 3H): writes the new state into
+// ``state`` (B, H) and returns what the backward needs.
+LayerCache gru_forward(const Tensor& input_gates, const Tensor& hidden, const Tensor& weight, const Tensor& bias,
+                       Tensor state) {
+  const int64_t rows = hidden.size(0), size = hidden.size(1);
+  Tensor hidden_gates = addmm_split(bias, hidden, weight);
+  Tensor reset_update = at::empty({rows, 2 * size}, hidden.options());
+  Tensor candidate = at::empty({rows, size}, hidden.options());
+  // Each loop in a block of its own: a restrict pointer must not live across the in-place sigmoid_ / tanh_.
+  const float* gi = input_gates.data_ptr<float>();
+  const float* hg = hidden_gates.data_ptr<float>();
+  {
+    float* __restrict__ ru = reset_update.data_ptr<float>();
+    for (int64_t b = 0; b < rows; ++b) {
+#pragma omp simd
+      for (int64_t j = 0; j < 2 * size; ++j) ru[b * 2 * size + j] = gi[b * 3 * size + j] + hg[b * 3 * size + j];
+    }
+  }
+  reset_update.sigmoid_();
+  const float* ru = reset_update.data_ptr<float>();
+  {
+    float* __restrict__ n = candidate.data_ptr<float>();
+    for (int64_t b = 0; b < rows; ++b) {
+#pragma omp simd
+      for (int64_t j = 0; j < size; ++j) {
+        n[b * size + j] = gi[b * 3 * size + 2 * size + j] + ru[b * 2 * size + j] * hg[b * 3 * size + 2 * size + j];
+      }
+    }
+  }
+  candidate.tanh_();
+  const float* n = candidate.data_ptr<float>();
+  const float* h = hidden.data_ptr<float>();
+  float* __restrict__ out = state.data_ptr<float>();
+  for (int64_t b = 0; b < rows; ++b) {
+#pragma omp simd
+    for (int64_t j = 0; j < size; ++j) {  // torch.lerp(candidate, hidden, update), with torch's two-sided formula
+      const int64_t k = b * size + j;
+      const float update = ru[b * 2 * size + size + j], difference = h[k] - n[k];
+      out[k] = std::abs(update) < 0.5f ? n[k] + update * difference : h[k] - difference * (1 - update);
+    }
+  }
+  return {hidden, reset_update, candidate, hidden_gates};
+}
+
+struct GateGradients {
+  Tensor input_gates, hidden_gates;  // (B, 3H) each
+  Tensor input_gates_sum, hidden_gates_sum;  // their sums over the rows: the bias gradients
+};
+
+// One GRU step's backward (gru_cell.gru_backward without the hidden-state gradient), from the gradient on the
+// new state (B, H).
+GateGradients gru_backward(const Tensor& grad_state, const LayerCache& cache) {
+  const int64_t rows = cache.hidden.size(0), size = cache.hidden.size(1);
+  const auto options = cache.hidden.options();
+  GateGradients out{at::empty({rows, 3 * size}, options), at::empty({rows, 3 * size}, options),
+                    at::zeros({3 * size}, options), at::zeros({3 * size}, options)};
+  const float* __restrict__ g = grad_state.data_ptr<float>();
+  const float* __restrict__ h = cache.hidden.data_ptr<float>();
+  const float* __restrict__ ru = cache.reset_update.data_ptr<float>();
+  const float* __restrict__ n = cache.candidate.data_ptr<float>();
+  const float* __restrict__ hg = cache.hidden_gates.data_ptr<float>();  // its last H columns are the hidden candidate
+  float* __restrict__ gi = out.input_gates.data_ptr<float>();
+  float* __restrict__ gh = out.hidden_gates.data_ptr<float>();
+  for (int64_t b = 0; b < rows; ++b) {
+#pragma omp simd
+    for (int64_t j = 0; j < size; ++j) {
+      const int64_t k = b * size + j, gate = b * 3 * size + j;
+      const float reset = ru[b * 2 * size + j], update = ru[b * 2 * size + size + j];
+      const float grad_candidate = g[k] * (1 - update) * (1 - n[k] * n[k]);
+      const float grad_reset = grad_candidate * hg[gate + 2 * size] * reset * (1 - reset);
+      const float grad_update = g[k] * (h[k] - n[k]) * update * (1 - update);
+      gi[gate] = gh[gate] = grad_reset;
+      gi[gate + size] = gh[gate + size] = grad_update;
+      gi[gate + 2 * size] = grad_candidate;
+      gh[gate + 2 * size] = grad_candidate * reset;
+    }
+  }
+  float* __restrict__ gi_sum = out.input_gates_sum.data_ptr<float>();
+  float* __restrict__ gh_sum = out.hidden_gates_sum.data_ptr<float>();
+  for (int64_t b = 0; b < rows; ++b) {
+#pragma omp simd
+    for (int64_t c = 0; c < 3 * size; ++c) {
+      gi_sum[c] += gi[b * 3 * size + c];
+      gh_sum[c] += gh[b * 3 * size + c];
+    }
+  }
+  return out;
+}
+
+Tensor dropout_mask(int64_t rows, int64_t columns, double p, const at::TensorOptions& options) {
+  return at::rand({rows, columns}, options).ge_(p).mul_(1.0 / (1.0 - p));  // as gru4rec_paper.dropout_mask
+}
+
+// One session-parallel step: forward, loss, backward and update, as FusedTrainingStep._arithmetic.
+// ``hidden`` (L, B, H) is the carried state; returns the step's loss and the new state (L, B, H).
+std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tensor>& dense, std::vector<Tensor>& sums,
+                                     std::vector<Tensor>& velocities, RowParameter& input_rows,
+                                     RowParameter& output_rows, const Tensor& items, const Tensor& targets,
+                                     const Tensor& columns, const Tensor& hidden,
+                                     const std::optional<Tensor>& log_popularity, const Settings& s) {
+  const int64_t layers = s.num_layers, rows = items.size(0), size = hidden.size(2), width = columns.size(0);
+  const auto options = hidden.options();
+  // The random draws first, in the fused step's order: input dropout, then each layer's.
+  Tensor input_mask = s.dropout_input > 0 ? dropout_mask(rows, 1, s.dropout_input, options) : Tensor();
+  std::vector<Tensor> hidden_masks(layers);
+  for (auto& mask : hidden_masks) {
+    if (s.dropout_hidden > 0) mask = dropout_mask(rows, size, s.dropout_hidden, options);
+  }
+
+  // Forward, keeping what the backward needs.
+  const int64_t* item = items.data_ptr<int64_t>();
+  const int64_t* column = columns.data_ptr<int64_t>();
+  Tensor gates = gather_rows(input_rows.weight, item, rows, input_mask.defined() ? input_mask.data_ptr<float>() : nullptr);
+  gates += params.input_bias();
+  Tensor new_hidden = at::empty({layers, rows, size}, options);
+  std::vector<LayerCache> caches;
+  std::vector<Tensor> outputs;
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    caches.push_back(gru_forward(gates, hidden[layer], params.hidden_weight(layer), params.hidden_bias(layer),
+                                 new_hidden[layer]));
+    outputs.push_back(hidden_masks[layer].defined() ? new_hidden[layer] * hidden_masks[layer] : new_hidden[layer]);
+    if (layer + 1 < layers) gates = addmm_split(params.upper_bias(layer), outputs.back(), params.upper_weight(layer));
+  }
+  Tensor head = outputs.back();
+  if (s.feedforward) head = at::tanh(addmm_split(params.feedforward_bias(), head, params.feedforward_weight()));
+  Tensor column_weights = gather_rows(output_rows.weight, column, width);
+  Tensor logits = addmm_split(params.output_bias().index_select(0, columns), head, column_weights);
+
+  auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, params.output_bias().size(0), s);
+
+  // Backward and update, in two halves that share nothing they write: the output layer (its weight rows and
+  // bias), and the rest, top to bottom. The rest reads the output weights only through column_weights, copied
+  // before any update. With two or more intra-op threads the halves run side by side: at this size a matrix
+  // product gains little from a second thread, two products at once nearly twice. grads follows dense's order.
+  std::vector<Tensor> grads(dense.size());
+  auto update = [&](size_t i) {
+    adagrad_dense(dense[i], grads[i], sums[i], velocities.empty() ? nullptr : &velocities[i], s);
+  };
+  auto output_layer = [&] {
+    Tensor column_grads = at::mm(grad_logits.t(), head);
+    Tensor& bias_grad = grads[Parameters::output_bias_at] = at::zeros_like(params.output_bias());
+    float* grad_bias = bias_grad.data_ptr<float>();
+    const float* g = grad_logits.data_ptr<float>();
+    std::vector<float> column_sums(width, 0.0f);
+    for (int64_t b = 0; b < rows; ++b) {
+      for (int64_t j = 0; j < width; ++j) column_sums[j] += g[b * width + j];
+    }
+    for (int64_t j = 0; j < width; ++j) grad_bias[column[j]] += column_sums[j];
+    update(Parameters::output_bias_at);
+    adagrad_rows(output_rows, columns, column_grads, s);
+  };
+  auto rest = [&] {
+    Tensor grad_output = at::mm(grad_logits, column_weights);
+    if (s.feedforward) {
+      Tensor grad_pre = grad_output * (1 - head * head);
+      grads[params.feedforward_weight_at()] = at::mm(grad_pre.t(), outputs.back());
+      grads[params.feedforward_weight_at() + 1] = grad_pre.sum(0);
+      grad_output = at::mm(grad_pre, params.feedforward_weight());
+    }
+    GateGradients gate_grads;
+    for (int64_t layer = layers - 1; layer >= 0; --layer) {
+      Tensor grad_state = hidden_masks[layer].defined() ? grad_output * hidden_masks[layer] : grad_output.contiguous();
+      gate_grads = gru_backward(grad_state, caches[layer]);
+      grads[params.hidden_weight_at(layer)] = at::mm(gate_grads.hidden_gates.t(), caches[layer].hidden);
+      grads[params.hidden_weight_at(layer) + 1] = gate_grads.hidden_gates_sum;
+      if (layer > 0) {
+        grads[params.upper_weight_at(layer - 1)] = at::mm(gate_grads.input_gates.t(), outputs[layer - 1]);
+        grads[params.upper_weight_at(layer - 1) + 1] = gate_grads.input_gates_sum;
+        grad_output = at::mm(gate_grads.input_gates, params.upper_weight(layer - 1));
+      }
+    }
+    grads[Parameters::input_bias_at] = gate_grads.input_gates_sum;
+    for (size_t i = 0; i < dense.size(); ++i) {
+      if (i != Parameters::output_bias_at) update(i);
+    }
+    adagrad_rows(input_rows, items, input_mask.defined() ? gate_grads.input_gates * input_mask : gate_grads.input_gates, s);
+  };
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t half = begin; half < end; ++half) half == 0 ? output_layer() : rest();
+  });
+  return {loss, new_hidden};
+}
+
+// The state a step starts from (carried_hidden): the previous step's state of each row's slot, times carry
+// (0 where the slot's session starts); zero when there is no previous state.
+Tensor carried_hidden(const Tensor& state, const int64_t* previous_rows, const float* carry, int64_t rows,
+                      int64_t layers, int64_t size, const at::TensorOptions& options) {
+  if (!state.defined()) return at::zeros({layers, rows, size}, options);
+  Tensor out = at::empty({layers, rows, size}, options);
+  const int64_t previous_width = state.size(1);
+  const float* __restrict__ source = state.data_ptr<float>();
+  float* __restrict__ target = out.data_ptr<float>();
+  for (int64_t l = 0; l < layers; ++l) {
+    for (int64_t b = 0; b < rows; ++b) {
+      const float* __restrict__ from = source + (l * previous_width + previous_rows[b]) * size;
+      float* __restrict__ to = target + (l * rows + b) * size;
+      for (int64_t j = 0; j < size; ++j) to[j] = from[j] * carry[b];
+    }
+  }
+  return out;
+}
+
+// Trains the steps of one chunk: step t has the events bounds[t]:bounds[t + 1] of items, targets and carry (1: the
+// slot's session goes on; 0: it starts here), and previous_rows maps each event to its slot's row in step t - 1.
+// ``hidden`` is the state after the step before the chunk (None at the start of an epoch), ``negatives`` the
+// extra negatives of each step (steps, n_sample). Stops after the first step with a non-finite loss.
+// Returns (the loss of each step trained, the hidden states after the last one).
+std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Tensor> sums,
+                                       std::vector<Tensor> velocities, std::vector<Tensor> input_rows,
+                                       std::vector<Tensor> output_rows, int64_t num_layers, bool feedforward,
+                                       int64_t loss, int64_t activation, double elu_alpha, double logq,
+                                       std::optional<Tensor> log_popularity, double dropout_input,
+                                       double dropout_hidden, double lr, double momentum, double eps, Tensor items,
+                                       Tensor targets, Tensor carry, Tensor previous_rows, std::vector<int64_t> bounds,
+                                       std::optional<Tensor> negatives, std::optional<Tensor> hidden) {
+  c10::NoGradGuard no_grad;
+  const Settings settings{num_layers, feedforward, static_cast<Loss>(loss), static_cast<Activation>(activation),
+                          elu_alpha, logq, dropout_input, dropout_hidden, static_cast<float>(lr),
+                          static_cast<float>(momentum), static_cast<float>(eps)};
+  const Parameters params{dense, num_layers};
+  RowParameter input(input_rows), output(output_rows);
+  const int64_t steps = static_cast<int64_t>(bounds.size()) - 1;
+  const int64_t size = params.hidden_weight(0).size(1);  // W_hh is (3H, H)
+  std::vector<double> losses;
+  Tensor state = hidden.has_value() ? *hidden : Tensor();
+  const int64_t* previous = previous_rows.data_ptr<int64_t>();
+  const float* carried = carry.data_ptr<float>();
+  for (int64_t t = 0; t < steps; ++t) {
+    const int64_t start = bounds[t], rows = bounds[t + 1] - bounds[t];
+    Tensor step_items = items.narrow(0, start, rows), step_targets = targets.narrow(0, start, rows);
+    Tensor step_hidden = carried_hidden(state, previous + start, carried + start, rows, num_layers, size, dense[0].options());
+    Tensor columns = negatives.has_value() ? at::cat({step_targets, (*negatives)[t]}) : step_targets;
+    auto [step_loss, new_state] = train_step(params, dense, sums, velocities, input, output, step_items, step_targets,
+                                             columns, step_hidden, log_popularity, settings);
+    losses.push_back(step_loss);
+    state = new_state;
+    if (!std::isfinite(step_loss)) break;
+  }
+  Tensor loss_values = at::empty({static_cast<int64_t>(losses.size())}, at::kDouble);
+  std::copy(losses.begin(), losses.end(), loss_values.data_ptr<double>());
+  return {loss_values, state};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "GRU4RecPaper's fused training step in C++, a chunk of session-parallel steps per call";
+  module.def("train_steps", &train_steps, "Train a chunk of session-parallel steps in place; see cpp_step.py");
+}

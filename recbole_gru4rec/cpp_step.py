@@ -1,0 +1,120 @@
+"""``cpp_step: True``: the fused training step's arithmetic in C++ (cpp_step.cpp), a chunk of steps per call.
+
+The C++ source is compiled with torch's extension builder the first time it is used (about 40 s here; then
+cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). It trains on the CPU, and
+covers what the fused step writes out: TOP1 and BPR with any final activation, and cross-entropy on linear
+scores (with logQ); other losses train with the fused step, which says so once.
+"""
+
+import os
+import platform
+import shutil
+import sys
+
+import torch
+
+from recbole_gru4rec.fused_step import FusedTrainingStep
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpp_step.cpp")
+LOSS_CODES = {"CE": 0, "TOP1": 1, "BPR": 2}
+CHUNK_STEPS = 256  # steps per C++ call: short enough that Ctrl-C and the loss check answer within a second
+_extension = None
+
+
+def build_flags():
+    """(extension name, compiler flags): the loops vectorise for the instruction set torch itself uses here, and
+    the name carries it, so a cache shared by different machines keeps one build for each."""
+    capability = torch.backends.cpu.get_cpu_capability()  # e.g. "AVX2", "AVX512", "DEFAULT"
+    # -fno-math-errno lets sqrt vectorise. -fopenmp makes at::parallel_for parallel (and the simd pragmas
+    # count); nothing links an OpenMP library, so its calls go to the one torch has loaded. Apple's clang
+    # has no OpenMP: there the two halves of a step run one after the other.
+    flags = ["-O3", "-fno-math-errno"] + (["-fopenmp"] if sys.platform != "darwin" else [])
+    if capability in ("AVX2", "AVX512") and platform.machine().lower() in ("x86_64", "amd64"):
+        flags += ["-mavx2", "-mfma"]
+    return f"recbole_gru4rec_cpp_step_{capability.lower()}", flags
+
+
+def load_extension():
+    """The compiled C++ module (built on first use, then taken from torch's extension cache)."""
+    global _extension
+    if _extension is None:
+        from torch.utils.cpp_extension import load
+
+        if shutil.which("ninja") is None:  # torch builds with ninja; the pip package's binary may be off PATH
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        name, flags = build_flags()
+        _extension = load(name=name, sources=[SOURCE], extra_cflags=flags, verbose=False)
+    return _extension
+
+
+def uncovered_reason(model):
+    """Why the C++ step cannot train this model's loss (a phrase naming the options), or None when it can."""
+    if model.loss_type in ("TOP1", "BPR") or (model.loss_type == "CE" and model.activation_name == "linear"):
+        return None
+    return (f"loss_type: {model.loss_type}, final_activation: {model.activation_name} (the C++ step covers TOP1, "
+            "BPR, and CE with final_activation: linear)")
+
+
+def activation_code(name):
+    """(code, elu alpha) of a final activation name, as cpp_step.cpp numbers them."""
+    if name == "linear":
+        return 0, 0.0
+    if name == "tanh":
+        return 1, 0.0
+    return 2, float(name.split("-", 1)[1])
+
+
+class CppTrainingSteps:
+    """Trains ``model`` (a :class:`GRU4RecPaper`) on whole epochs of session-parallel steps in C++.
+
+    Uses the parameters, optimizer state and draw order of :class:`FusedTrainingStep`, so the two make the same
+    updates up to float rounding.
+    """
+
+    def __init__(self, model, optimizer):
+        self.model = model
+        self.optimizer = optimizer
+        self.fused = FusedTrainingStep(model, optimizer)
+        self.extension = load_extension()
+        self.activation, self.elu_alpha = activation_code(model.activation_name)
+
+    def _row_tensors(self, weight):
+        sums, velocity = self.optimizer.accumulators(weight)
+        tensors = [weight.data, sums, self.optimizer.row_scratch(weight)]
+        return tensors + ([velocity] if velocity is not None else [])
+
+    @torch.no_grad()
+    def train_epoch(self, steps):
+        """Train on every step of ``steps`` (a :class:`SessionParallelEpoch`); yields each chunk's step losses
+        (a float64 tensor). After a non-finite loss the chunk ends there, and nothing more is trained."""
+        model, optimizer = self.model, self.optimizer
+        dense = [param.data for param in self.fused.dense_params]
+        sums, velocities = zip(*(optimizer.accumulators(param) for param in self.fused.dense_params))
+        velocities = [] if velocities[0] is None else list(velocities)
+        input_rows, output_rows = self._row_tensors(self.fused.input_weights), self._row_tensors(self.fused.output_weights)
+        group = optimizer.param_groups[0]
+        log_popularity = model.log_popularity if model.logq > 0 else None
+        previous_rows = steps.previous_rows()
+        hidden = model.training_hidden
+        if hidden is not None and steps.n_steps and hidden.shape[1] != steps.bounds[1]:
+            hidden = None  # as carried_hidden: a new epoch starts every slot's session, from zero
+        for first in range(0, steps.n_steps, CHUNK_STEPS):
+            last = min(first + CHUNK_STEPS, steps.n_steps)
+            a, b = steps.bounds[first], steps.bounds[last]
+            negatives = None
+            if model.n_sample > 0:
+                negatives = torch.stack([model._extra_negatives(steps.items.device) for _ in range(last - first)])
+            losses, hidden = self.extension.train_steps(
+                dense, list(sums), velocities, input_rows, output_rows, len(self.fused.hidden_layers),
+                self.fused.feedforward is not None, LOSS_CODES[model.loss_type], self.activation, self.elu_alpha,
+                float(model.logq), log_popularity, float(model.dropout_input), float(model.dropout_hidden),
+                float(group["lr"]), float(group["momentum"]), float(group["eps"]),
+                steps.items[a:b], steps.targets[a:b], steps.carry[a:b], previous_rows[a:b],
+                [bound - a for bound in steps.bounds[first : last + 1]], negatives, hidden,
+            )
+            model.training_hidden = hidden
+            yield losses
+            if len(losses) < last - first:
+                return
