@@ -3,8 +3,8 @@
 // On a CPU a session-parallel step is a few dozen operations on tensors of a few thousand values, and calling
 // each from Python costs about as much as its arithmetic. Here a whole chunk of steps runs in one call: the
 // matrix products and the vectorised sigmoid / tanh / exp stay ATen calls; the gathers, the loss gradients,
-// the GRU backward and the Adagrad updates are plain loops; and the work is split between two intra-op
-// threads where it divides (the forward's matrix products by rows, the backward into two independent halves).
+// the GRU backward and the Adagrad updates are plain loops; and with two or more intra-op threads the backward
+// runs as two independent halves side by side, the loss and the row updates split by rows.
 // The arithmetic is the fused step's, and the dropout masks are drawn from torch's default generator in the
 // fused step's order, so both make the same updates up to float rounding (tests/test_fused_step.py).
 
@@ -328,23 +328,6 @@ Tensor gather_rows(const Tensor& table, const int64_t* rows, int64_t n, const fl
   return out;
 }
 
-// bias + a b^T, its rows split between two intra-op threads: at this size one matrix product gains little
-// from MKL's own threading, two independent halves nearly twice.
-Tensor addmm_split(const Tensor& bias, const Tensor& a, const Tensor& b) {
-  Tensor out = at::empty({a.size(0), b.size(0)}, a.options());
-  const int64_t half = (a.size(0) + 1) / 2;
-  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t part = begin; part < end; ++part) {
-      const int64_t first = part * half, rows = std::min(a.size(0), first + half) - first;
-      if (rows > 0) {
-        Tensor block = out.narrow(0, first, rows);
-        at::addmm_out(block, bias, a.narrow(0, first, rows), b.t());
-      }
-    }
-  });
-  return out;
-}
-
 struct LayerCache {
   Tensor hidden, reset_update, candidate, hidden_gates;
 };
@@ -354,7 +337,7 @@ struct LayerCache {
 LayerCache gru_forward(const Tensor& input_gates, const Tensor& hidden, const Tensor& weight, const Tensor& bias,
                        Tensor state) {
   const int64_t rows = hidden.size(0), size = hidden.size(1);
-  Tensor hidden_gates = addmm_split(bias, hidden, weight);
+  Tensor hidden_gates = at::addmm(bias, hidden, weight.t());
   Tensor reset_update = at::empty({rows, 2 * size}, hidden.options());
   Tensor candidate = at::empty({rows, size}, hidden.options());
   // Each loop in a block of its own: a restrict pointer must not live across the in-place sigmoid_ / tanh_.
@@ -470,12 +453,12 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     caches.push_back(gru_forward(gates, hidden[layer], params.hidden_weight(layer), params.hidden_bias(layer),
                                  new_hidden[layer]));
     outputs.push_back(hidden_masks[layer].defined() ? new_hidden[layer] * hidden_masks[layer] : new_hidden[layer]);
-    if (layer + 1 < layers) gates = addmm_split(params.upper_bias(layer), outputs.back(), params.upper_weight(layer));
+    if (layer + 1 < layers) gates = at::addmm(params.upper_bias(layer), outputs.back(), params.upper_weight(layer).t());
   }
   Tensor head = outputs.back();
-  if (s.feedforward) head = at::tanh(addmm_split(params.feedforward_bias(), head, params.feedforward_weight()));
+  if (s.feedforward) head = at::tanh(at::addmm(params.feedforward_bias(), head, params.feedforward_weight().t()));
   Tensor column_weights = gather_rows(output_rows.weight, column, width);
-  Tensor logits = addmm_split(params.output_bias().index_select(0, columns), head, column_weights);
+  Tensor logits = at::addmm(params.output_bias().index_select(0, columns), head, column_weights.t());
 
   auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, params.output_bias().size(0), s);
 
