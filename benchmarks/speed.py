@@ -8,6 +8,7 @@ first 25 %, 50 %, ... of the dataset's users (all their events), to see how epoc
 
     python benchmarks/speed.py --dataset=ml-100k
     python benchmarks/speed.py --dataset=ml-1m-u2999 --fractions=0.25,0.5,1 --epochs=2 --with_autograd=no
+    python benchmarks/speed.py --dataset=ml-1m-u2999 --fractions=0.25,0.5,1 --epochs=3 --only="C++ step"
 """
 
 import argparse
@@ -82,10 +83,12 @@ def run_model(name, args, dataset, data_path, epochs, workdir):
     }
 
 
-def measure(dataset, data_path, epochs, gru4rec_epochs, workdir, with_autograd):
+def measure(dataset, data_path, epochs, gru4rec_epochs, workdir, with_autograd, only):
     rows = []
     for name, model_args in SETTINGS.items():
         if not with_autograd and "--fused_step=False" in model_args:
+            continue
+        if only and name != BASELINE and not any(part in name for part in only):
             continue
         rows.append(run_model(name, model_args, dataset, data_path, gru4rec_epochs if name == BASELINE else epochs, workdir))
     baseline = rows[-1]["median_epoch_seconds"]
@@ -103,23 +106,27 @@ def main():
     parser.add_argument("--gru4rec_epochs", type=int, default=1, help="epochs of RecBole's GRU4Rec")
     parser.add_argument("--with_autograd", choices=("yes", "no"), default="yes",
                         help="also time each GRU4RecPaper setting with autograd instead of the fused step")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated parts of setting names to run (RecBole's GRU4Rec always runs), e.g. 'C++ step'")
     parser.add_argument("--output", default=None, help="JSON file for the results (default results/speed-DATASET.json)")
     args = parser.parse_args()
     with_autograd = args.with_autograd == "yes"
+    only = args.only.split(",") if args.only else None
     cpp_step.load_extension()  # built once here (or found in torch's cache), so no timed epoch includes the build
     report = {"dataset": args.dataset, "machine": machine(), "versions": versions(), "runs": []}
     with tempfile.TemporaryDirectory() as workdir:
         if args.fractions is None:
             report["runs"].append({"fraction": 1.0, "dataset": args.dataset,
                                    "rows": measure(args.dataset, args.data_path, args.epochs, args.gru4rec_epochs, workdir,
-                                                   with_autograd)})
+                                                   with_autograd, only)})
         else:
             # RecBole appends DATASET/ to data_path; --data_path is the folder above, as for run.py
             data_path = args.data_path or os.path.dirname(
                 os.path.normpath(pipeline.build_config("GRU4RecPaper", args.dataset)["data_path"]))
             for fraction in (float(text) for text in args.fractions.split(",")):
                 name, n_users = user_subset(args.dataset, data_path, fraction, os.path.join(workdir, "data"))
-                rows = measure(name, os.path.join(workdir, "data"), args.epochs, args.gru4rec_epochs, workdir, with_autograd)
+                rows = measure(name, os.path.join(workdir, "data"), args.epochs, args.gru4rec_epochs, workdir, with_autograd,
+                               only)
                 report["runs"].append({"fraction": fraction, "dataset": name, "users": n_users, "rows": rows})
     output = args.output or os.path.join(REPO, "results", f"speed-{args.dataset}.json")
     with open(output, "w", encoding="utf-8") as f:
