@@ -94,20 +94,6 @@ void adagrad_dense(Tensor& param, const Tensor& grad, Tensor& sum, Tensor* veloc
                  g.data_ptr<float>(), param.numel(), s);
 }
 
-// The distinct values of ``values`` (item ids below ``bound``), in order of first appearance.
-std::vector<int64_t> distinct(const int64_t* values, int64_t n, int64_t bound) {
-  std::vector<char> seen(bound, 0);
-  std::vector<int64_t> out;
-  out.reserve(n);
-  for (int64_t k = 0; k < n; ++k) {
-    if (!seen[values[k]]) {
-      seen[values[k]] = 1;
-      out.push_back(values[k]);
-    }
-  }
-  return out;
-}
-
 // AdagradMomentum on the rows ``rows`` of an item-indexed matrix (adagrad_rows_): a repeated row gets the sum
 // of its gradients (formed in the scratch matrix), once. The rows are split between the intra-op threads.
 void adagrad_rows(RowParameter& param, const Tensor& rows, const Tensor& row_grads, const Settings& s) {
@@ -116,19 +102,20 @@ void adagrad_rows(RowParameter& param, const Tensor& rows, const Tensor& row_gra
   Tensor g_contiguous = row_grads.contiguous();
   const float* g = g_contiguous.data_ptr<float>();
   float* total = param.scratch.data_ptr<float>();
-  std::vector<char> started(param.weight.size(0), 0);
+  std::vector<char> seen(param.weight.size(0), 0);
+  std::vector<int64_t> unique;  // the distinct rows, in order of first appearance
   for (int64_t k = 0; k < n; ++k) {
     float* __restrict__ target = total + row[k] * width;
     const float* __restrict__ source = g + k * width;
-    if (started[row[k]]) {
+    if (seen[row[k]]) {
 #pragma omp simd
       for (int64_t j = 0; j < width; ++j) target[j] += source[j];
     } else {
-      started[row[k]] = 1;
+      seen[row[k]] = 1;
+      unique.push_back(row[k]);
       std::copy_n(source, width, target);
     }
   }
-  const std::vector<int64_t> unique = distinct(row, n, param.weight.size(0));
   float* weight = param.weight.data_ptr<float>();
   float* acc = param.sum.data_ptr<float>();
   float* velocity = param.velocity.defined() ? param.velocity.data_ptr<float>() : nullptr;
