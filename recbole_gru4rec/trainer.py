@@ -18,6 +18,7 @@ from recbole_gru4rec.compat import SafeCheckpoints, load_checkpoint, write_check
 from recbole_gru4rec.cpp_step import CppTrainingSteps, uncovered_reason
 from recbole_gru4rec.fused_step import FusedTrainingStep, unfused_reason
 from recbole_gru4rec.optimizers import AdagradMomentum
+from recbole_gru4rec.options import EXECUTION_OPTIONS
 from recbole_gru4rec.session_data import SessionParallelDataLoader, epoch_seed
 
 class NonFiniteLossError(ArithmeticError):
@@ -260,23 +261,25 @@ class SessionParallelTrainer(RunControl, Trainer):
         return loss
 
     def _fused_step(self):
-        """The fused training step for this model and optimizer (in C++ with ``cpp_step``), or None (with the reason
-        logged once)."""
+        """The fused training step for this model and optimizer, or None (with the reason logged once)."""
         if self.fused_training_step is None and self.config["fused_step"]:
             reason = unfused_reason(self.model, self.optimizer, self.config)
-            if reason is None and self.config["cpp_step"]:
-                cpp_reason = uncovered_reason(self.model)
-                if cpp_reason is None:
-                    self.fused_training_step = CppTrainingSteps(self.model, self.optimizer)
-                    return self.fused_training_step
-                self.logger.info(f"cpp_step: not used, training with the fused step in Python because of {cpp_reason}")
             if reason is None:
-                self.fused_training_step = FusedTrainingStep(self.model, self.optimizer, self.config["compile_step"])
+                self.fused_training_step = self._build_fused_step()
             elif reason != self.unfused_reason:
-                unused = [name for name in ("fused_step", "compile_step", "cpp_step") if self.config[name]]
+                unused = [name for name in EXECUTION_OPTIONS if self.config[name]]
                 self.logger.info(f"{' and '.join(unused)}: not used, training with autograd because of {reason}")
             self.unfused_reason = reason
         return self.fused_training_step
+
+    def _build_fused_step(self):
+        """The fused step the options ask for: in C++ (``cpp_step``, for the losses it covers), compiled or plain."""
+        if self.config["cpp_step"]:
+            reason = uncovered_reason(self.model)
+            if reason is None:
+                return CppTrainingSteps(self.model, self.optimizer)
+            self.logger.info(f"cpp_step: not used, training with the fused step in Python because of {reason}")
+        return FusedTrainingStep(self.model, self.optimizer, self.config["compile_step"])
 
     def _build_optimizer(self, **kwargs):
         # adagrad too: AdagradMomentum with momentum 0 is torch's Adagrad, with a faster sparse update.
