@@ -13,7 +13,7 @@ from recbole_gru4rec.trainer import NonFiniteLossError, TrainingInterrupted
 
 USAGE = """usage: python run.py [--model=GRU4RecPaper] [--dataset=ml-100k] [--config_files=a.yaml,b.yaml]
                      [--data_path=DIR] [--result_file=PATH] [--time_budget_min=N] [--resume=LAST.pth]
-                     [--KEY=VALUE ...]
+                     [--saved=true] [--KEY=VALUE ...]
        python run.py --leaderboard --dataset=DATASET --models=MODEL[:CONFIG.yaml],... [--config_files=...]
                      [--time_budget_min=N] [--output_dir=results] [--rerun=false] [--KEY=VALUE ...]
        python run.py recommend --checkpoint=PATH (--user=ID | --history=ID,ID | --history-titles=T,T |
@@ -23,30 +23,43 @@ Trains MODEL (GRU4RecPaper or any RecBole model) on DATASET with early stopping 
 evaluates it on test and prints the results. Any RecBole config key can be set with --KEY=VALUE.
 --time_budget_min stops training after the first epoch that ends past N minutes. Every epoch end writes
 saved/MODEL-TIME-last.pth; after a kill or Ctrl-C, the same command plus --resume=that file continues the run.
+--saved=false writes no checkpoint (the test metrics are then those of the last epoch, not of the best one).
 --leaderboard trains each listed model in turn under the same protocol (CONFIG.yaml: that model's own
 hyperparameters) and writes OUTPUT_DIR/leaderboard-DATASET.json, .md and .png after each one; run again, it
 skips finished rows and resumes an unfinished one.
 `recommend` prints the next movies a trained sequential model predicts (python run.py recommend --help)."""
 
 
-def split_flags(argv, defaults, refused=()):
-    """``--key=value`` arguments as (our flags, from ``defaults`` and its keys; RecBole overrides), as strings."""
+def split_flags(argv, defaults, refused=None):
+    """``--key=value`` arguments as (our flags, from ``defaults`` and its keys; RecBole overrides), as strings.
+    ``refused`` maps a key that must not appear to why (the end of its error line)."""
     flags, overrides = dict(defaults), {}
     for arg in argv:
         key, sep, value = arg[2:].partition("=")
         if not arg.startswith("--") or not sep or not key:
             raise UsageError(f"argument {arg!r} is not of the form --KEY=VALUE (see python run.py --help)")
-        if key in refused:
-            raise UsageError(f"--{key} does not go with --leaderboard (use --models=A,B,...)")
+        if refused and key in refused:
+            raise UsageError(f"--{key} does not go with --leaderboard ({refused[key]})")
         (flags if key in defaults else overrides)[key] = value
     return flags, overrides
+
+
+def boolean_flag(name, text):
+    """A true/false flag's value (any letter case), or a one-line error naming it."""
+    if text.lower() not in ("true", "false"):
+        raise UsageError(f"--{name}={text}: use true or false")
+    return text.lower() == "true"
 
 
 def parse_args(argv):
     """Split ``--key=value`` arguments into our flags and RecBole config overrides (values stay strings)."""
     flags, overrides = split_flags(argv, {"model": "GRU4RecPaper", "dataset": "ml-100k", "config_files": "",
-                                          "result_file": None, "time_budget_min": None, "resume": None})
+                                          "result_file": None, "time_budget_min": None, "resume": None,
+                                          "saved": "true"})
     flags["config_files"] = [path for path in flags["config_files"].split(",") if path]
+    flags["saved"] = boolean_flag("saved", flags["saved"])
+    if flags["resume"] is not None and not flags["saved"]:
+        raise UsageError("--resume goes with --saved=true: a resumed run keeps writing its checkpoints")
     if flags["time_budget_min"] is not None:
         flags["time_budget_min"] = positive_minutes(flags["time_budget_min"])
     return flags, overrides
@@ -154,16 +167,18 @@ def leaderboard_main(argv):
 
     flags, overrides = split_flags(argv, {"dataset": "ml-100k", "models": None, "config_files": "",
                                           "time_budget_min": None, "output_dir": "results", "rerun": "false"},
-                                   refused=("model", "resume", "result_file"))
+                                   refused={"model": "use --models=A,B,...",
+                                            "resume": "run the same leaderboard command again to resume",
+                                            "result_file": "it writes OUTPUT_DIR/leaderboard-DATASET.json",
+                                            "saved": "it keeps each entry's checkpoints to resume from"})
     if flags["models"] is None:
         raise UsageError("--leaderboard needs --models=MODEL[:CONFIG.yaml],... e.g. --models=GRU4RecPaper,GRU4Rec,SASRec,NARM,Pop")
-    if flags["rerun"] not in ("true", "false"):
-        raise UsageError(f"--rerun={flags['rerun']}: use true or false")
+    rerun = boolean_flag("rerun", flags["rerun"])
     minutes = None if flags["time_budget_min"] is None else positive_minutes(flags["time_budget_min"])
     try:
         board = run_leaderboard(
             flags["dataset"], flags["models"], [path for path in flags["config_files"].split(",") if path], overrides,
-            time_budget_min=minutes, output_dir=flags["output_dir"], rerun=flags["rerun"] == "true",
+            time_budget_min=minutes, output_dir=flags["output_dir"], rerun=rerun,
             command_line=" ".join(["python run.py", "--leaderboard", *map(shlex.quote, argv)]),
         )
     except LeaderboardStopped as stop:
@@ -194,7 +209,7 @@ def main(argv):
         flags, overrides = parse_args(argv)
         if flags["result_file"] is not None and not os.path.isdir(os.path.dirname(os.path.abspath(flags["result_file"]))):
             raise UsageError(f"--result_file={flags['result_file']}: its folder does not exist")
-        result = pipeline.run(flags["model"], flags["dataset"], flags["config_files"], overrides,
+        result = pipeline.run(flags["model"], flags["dataset"], flags["config_files"], overrides, saved=flags["saved"],
                               time_budget_min=flags["time_budget_min"], resume=flags["resume"])
     except (UsageError, CompatibilityError) as error:
         print(f"run.py: error: {error}", file=sys.stderr)

@@ -43,6 +43,8 @@ def run_cli(args, capsys):
         (["--config_files=nosuch.yaml"], "config file 'nosuch.yaml' does not exist"),
         (["positional"], "argument 'positional' is not of the form --KEY=VALUE"),
         (["--dataset=nosuch", "--data_path=/nonexistent"], "dataset 'nosuch' not found: no file /nonexistent/nosuch/nosuch.inter"),
+        (["--saved=no"], "--saved=no: use true or false"),
+        (["--saved=false", "--resume=saved/x-last.pth"], "--resume goes with --saved=true"),
     ],
 )
 def test_bad_input_is_one_line_before_training(args, message, capsys):
@@ -85,6 +87,24 @@ def test_models_run_through_run_py_and_write_results(model, tiny, tmp_path):
     assert len(result["train_seconds_per_epoch"]) == 1 and result["train_events_per_second"] > 0
     assert result["peak_rss_mb"] > 0 and result["config"]["MAX_ITEM_LIST_LENGTH"] == 50
     assert "ndcg@10" in process.stdout and os.path.isfile(result["checkpoint"])
+
+
+def test_saved_false_writes_no_checkpoint(tiny, tmp_path, capsys):
+    checkpoints = tmp_path / "checkpoints"
+    code, out, _ = run_cli(["--dataset=tiny", f"--data_path={tiny}", "--epochs=2", "--saved=False", "--state=ERROR",
+                            f"--checkpoint_dir={checkpoints}", f"--result_file={tmp_path / 'result.json'}"], capsys)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert code == 0 and result["epochs"] == 2 and result["checkpoint"] is None
+    assert not checkpoints.exists() or not list(checkpoints.iterdir())
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("--saved=false", "--saved does not go with --leaderboard (it keeps each entry's checkpoints to resume from)"),
+    ("--rerun=yes", "--rerun=yes: use true or false"),
+])
+def test_leaderboard_refuses_flags_it_cannot_honour(arg, message, capsys):
+    code, _, err = run_cli(["--leaderboard", "--models=Pop", arg], capsys)
+    assert code == 2 and err[-1] == f"run.py --leaderboard: error: {message}"
 
 
 def test_misspelt_option_gets_a_did_you_mean_warning(caplog):
