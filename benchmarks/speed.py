@@ -3,17 +3,22 @@
 Each model trains in its own process through run.py (so peak memory is its own), one after another,
 never in parallel. Reported for each setting: median seconds per training epoch, training events per
 second and microseconds per event, test evaluation time and users evaluated per second, peak resident
-memory, and the ratio RecBole GRU4Rec epoch / this epoch. With --fractions, the same is measured on the
-first 25 %, 50 %, ... of the dataset's users (all their events), to see how epoch time grows with data.
+memory, the share of CPU time the hypervisor took (steal, on Linux), and the ratio RecBole GRU4Rec epoch / this
+epoch. With --fractions, the same is measured on the first 25 %, 50 %, ... of the dataset's users (all their
+events), to see how epoch time grows with data. With --rounds=N every setting and RecBole's GRU4Rec run N times,
+alternating, and each ratio is taken within its round: a VM whose speed drifts over minutes then shows the spread
+of the ratio instead of one draw of it.
 
     python benchmarks/speed.py --dataset=ml-100k
     python benchmarks/speed.py --dataset=ml-1m-u2999 --fractions=0.25,0.5,1 --epochs=2 --with_autograd=no
     python benchmarks/speed.py --dataset=ml-1m-u2999 --fractions=0.25,0.5,1 --epochs=3 --only="C++ step"
+    python benchmarks/speed.py --dataset=ml-100k --epochs=5 --gru4rec_epochs=3 --only="512 extra negatives), C++" --rounds=3
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,12 +63,25 @@ def user_subset(dataset, data_path, fraction, folder):
     return name, len(kept)
 
 
+def cpu_times():
+    """(steal, total) CPU ticks of the whole machine so far, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(value) for value in f.readline().split()[1:]]
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already counted in user and nice]
+    return ticks[7], sum(ticks[:8])
+
+
 def run_model(name, args, dataset, data_path, epochs, workdir):
     result_file = os.path.join(workdir, "result.json")
     command = [sys.executable, "run.py", f"--dataset={dataset}", f"--epochs={epochs}", "--saved=False",
                f"--result_file={result_file}", *args] + ([f"--data_path={data_path}"] if data_path else [])
     print("running:", " ".join(command[1:]), flush=True)
+    before = cpu_times()
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = cpu_times()
     with open(result_file, encoding="utf-8") as f:
         result = json.load(f)
     seconds = sorted(result["train_seconds_per_epoch"])
@@ -80,21 +98,35 @@ def run_model(name, args, dataset, data_path, epochs, workdir):
         "test_users": result["test_users"],
         "eval_users_per_second": round(result["test_users"] / result["test_seconds"], 1),
         "peak_rss_mb": result["peak_rss_mb"],
+        "cpu_steal_percent": round(100 * (after[0] - before[0]) / max(after[1] - before[1], 1), 2) if before else None,
     }
 
 
-def measure(dataset, data_path, epochs, gru4rec_epochs, workdir, with_autograd, only):
+def measure(dataset, data_path, epochs, gru4rec_epochs, workdir, with_autograd, only, rounds):
+    """Rows of every chosen setting and RecBole's GRU4Rec (last in each round), ``rounds`` times over; each row's
+    ratio is against the baseline of its own round."""
+    chosen = [name for name, model_args in SETTINGS.items()
+              if (with_autograd or "--fused_step=False" not in model_args)
+              and (not only or name == BASELINE or any(part in name for part in only))]
     rows = []
-    for name, model_args in SETTINGS.items():
-        if not with_autograd and "--fused_step=False" in model_args:
-            continue
-        if only and name != BASELINE and not any(part in name for part in only):
-            continue
-        rows.append(run_model(name, model_args, dataset, data_path, gru4rec_epochs if name == BASELINE else epochs, workdir))
-    baseline = rows[-1]["median_epoch_seconds"]
-    for row in rows:
-        row["recbole_gru4rec_epoch_over_this"] = round(baseline / row["median_epoch_seconds"], 1)
+    for round_number in range(1, rounds + 1):
+        round_rows = [run_model(name, SETTINGS[name], dataset, data_path,
+                                gru4rec_epochs if name == BASELINE else epochs, workdir) for name in chosen]
+        baseline = round_rows[-1]["median_epoch_seconds"]
+        for row in round_rows:
+            row["round"] = round_number
+            row["recbole_gru4rec_epoch_over_this"] = round(baseline / row["median_epoch_seconds"], 1)
+        rows += round_rows
     return rows
+
+
+def ratio_summary(rows):
+    """Per setting: the ratio of each round, their median and their minimum."""
+    ratios = {}
+    for row in rows:
+        ratios.setdefault(row["setting"], []).append(row["recbole_gru4rec_epoch_over_this"])
+    return {name: {"ratios": values, "median": round(statistics.median(values), 1), "min": min(values)}
+            for name, values in ratios.items()}
 
 
 def main():
@@ -108,17 +140,21 @@ def main():
                         help="also time each GRU4RecPaper setting with autograd instead of the fused step")
     parser.add_argument("--only", default=None,
                         help="comma-separated parts of setting names to run (RecBole's GRU4Rec always runs), e.g. 'C++ step'")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every setting and RecBole's GRU4Rec this many times, alternating (ratios per round)")
     parser.add_argument("--output", default=None, help="JSON file for the results (default results/speed-DATASET.json)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds={args.rounds}: needs an integer >= 1")
     with_autograd = args.with_autograd == "yes"
     only = args.only.split(",") if args.only else None
     cpp_step.load_extension()  # built once here (or found in torch's cache), so no timed epoch includes the build
-    report = {"dataset": args.dataset, "machine": machine(), "versions": versions(), "runs": []}
+    report = {"dataset": args.dataset, "machine": machine(), "versions": versions(), "rounds": args.rounds, "runs": []}
     with tempfile.TemporaryDirectory() as workdir:
         if args.fractions is None:
             report["runs"].append({"fraction": 1.0, "dataset": args.dataset,
                                    "rows": measure(args.dataset, args.data_path, args.epochs, args.gru4rec_epochs, workdir,
-                                                   with_autograd, only)})
+                                                   with_autograd, only, args.rounds)})
         else:
             # RecBole appends DATASET/ to data_path; --data_path is the folder above, as for run.py
             data_path = args.data_path or os.path.dirname(
@@ -126,21 +162,29 @@ def main():
             for fraction in (float(text) for text in args.fractions.split(",")):
                 name, n_users = user_subset(args.dataset, data_path, fraction, os.path.join(workdir, "data"))
                 rows = measure(name, os.path.join(workdir, "data"), args.epochs, args.gru4rec_epochs, workdir, with_autograd,
-                               only)
+                               only, args.rounds)
                 report["runs"].append({"fraction": fraction, "dataset": name, "users": n_users, "rows": rows})
+    for run in report["runs"]:
+        run["ratio_by_setting"] = ratio_summary(run["rows"])
     output = args.output or os.path.join(REPO, "results", f"speed-{args.dataset}.json")
     with open(output, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
     cpu = report["machine"]
     print(f"\n{args.dataset} on {cpu['cpu']} ({cpu['cpu_cores']} cores), torch {report['versions']['torch']}")
-    print(f"{'users':>6} {'setting':<66} {'s/epoch':>8} {'events/s':>9} {'us/event':>9} {'x faster':>8} "
-          f"{'eval users/s':>12} {'RSS MB':>7}")
+    print(f"{'users':>6} {'round':>5} {'setting':<66} {'s/epoch':>8} {'events/s':>9} {'us/event':>9} {'x faster':>8} "
+          f"{'eval users/s':>12} {'RSS MB':>7} {'steal %':>7}")
     for run in report["runs"]:
         for row in run["rows"]:
-            print(f"{round(100 * run['fraction']):>5}% {row['setting']:<66} {row['median_epoch_seconds']:8.2f} "
+            print(f"{round(100 * run['fraction']):>5}% {row['round']:>5} {row['setting']:<66} {row['median_epoch_seconds']:8.2f} "
                   f"{row['train_events_per_second']:9.0f} {row['microseconds_per_event']:9.1f} "
-                  f"{row['recbole_gru4rec_epoch_over_this']:8.1f} {row['eval_users_per_second']:12.0f} {row['peak_rss_mb']:7.0f}")
+                  f"{row['recbole_gru4rec_epoch_over_this']:8.1f} {row['eval_users_per_second']:12.0f} {row['peak_rss_mb']:7.0f} "
+                  f"{row['cpu_steal_percent'] if row['cpu_steal_percent'] is not None else '-':>7}")
+        if args.rounds > 1:
+            for name, summary in run["ratio_by_setting"].items():
+                if name != BASELINE:
+                    print(f"{round(100 * run['fraction']):>5}% ratio over {args.rounds} rounds, {name}: median "
+                          f"{summary['median']}, min {summary['min']} ({', '.join(map(str, summary['ratios']))})")
     print(f"written to {output}")
 
 
