@@ -4,7 +4,7 @@ Each model trains in its own process through run.py (so peak memory is its own),
 never in parallel. Reported for each setting: median seconds per training epoch, training events per
 second and microseconds per event, test evaluation time and users evaluated per second, peak resident
 memory, the share of CPU time the hypervisor took (steal, on Linux), and the ratio RecBole GRU4Rec epoch / this
-epoch. With --fractions, the same is measured on the first 25 %, 50 %, ... of the dataset's users (all their
+epoch, against RecBole's defaults and, when it runs, against RecBole's GRU4Rec with hidden 100 and batch 64. With --fractions, the same is measured on the first 25 %, 50 %, ... of the dataset's users (all their
 events), to see how epoch time grows with data. With --rounds=N every setting and RecBole's GRU4Rec run N times,
 alternating, and each ratio is taken within its round: a VM whose speed drifts over minutes then shows the spread
 of the ratio instead of one draw of it.
@@ -12,7 +12,7 @@ of the ratio instead of one draw of it.
     python benchmarks/speed.py --dataset=ml-100k
     python benchmarks/speed.py --dataset=ml-1m-u2999 --fractions=0.25,0.5,1 --epochs=2 --with_autograd=no
     python benchmarks/speed.py --dataset=ml-1m-u2999 --fractions=0.25,0.5,1 --epochs=3 --only="C++ step"
-    python benchmarks/speed.py --dataset=ml-100k --epochs=5 --gru4rec_epochs=3 --only="512 extra negatives), C++" --rounds=3
+    python benchmarks/speed.py --dataset=ml-100k --epochs=5 --gru4rec_epochs=3 --only="C++ step,hidden 100" --rounds=3
 """
 
 import argparse
@@ -29,6 +29,10 @@ from recbole_gru4rec.leaderboard import machine, versions  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = "RecBole GRU4Rec (defaults)"
+# RecBole's GRU4Rec with the sizes the issue names for the CE + 512 setting (hidden 100, one layer, batch 64; its
+# loss is already CE, over all items). It runs only when no --only is given or --only names it ("hidden 100").
+MATCHED = "RecBole GRU4Rec (hidden 100, batch 64)"
+BASELINES = (MATCHED, BASELINE)
 # name -> run.py arguments; "paper" is GRU4RecPaper.yaml unchanged, "CE + 512" the issue's 40x setting. Each
 # GRU4RecPaper setting runs with the fused training step (the default), with it compiled (--compile_step=True;
 # its first epoch includes compiling, the median leaves it out), in C++ (--cpp_step=True; built before the run,
@@ -44,6 +48,7 @@ SETTINGS = {
     "GRU4RecPaper (CE, batch 64, 512 extra negatives), compiled step": CE_512 + ["--compile_step=True"],
     "GRU4RecPaper (CE, batch 64, 512 extra negatives), C++ step": CE_512 + ["--cpp_step=True"],
     "GRU4RecPaper (CE, batch 64, 512 extra negatives), autograd step": CE_512 + ["--fused_step=False"],
+    MATCHED: ["--model=GRU4Rec", "--hidden_size=100", "--train_batch_size=64"],
     BASELINE: ["--model=GRU4Rec"],
 }
 
@@ -104,29 +109,37 @@ def run_model(name, args, dataset, data_path, epochs, workdir):
 
 def measure(dataset, data_path, epochs, gru4rec_epochs, workdir, with_autograd, only, rounds):
     """Rows of every chosen setting and RecBole's GRU4Rec (last in each round), ``rounds`` times over; each row's
-    ratio is against the baseline of its own round."""
+    ratios are against the baselines of its own round."""
     chosen = [name for name, model_args in SETTINGS.items()
               if (with_autograd or "--fused_step=False" not in model_args)
               and (not only or name == BASELINE or any(part in name for part in only))]
     rows = []
     for round_number in range(1, rounds + 1):
-        round_rows = [run_model(name, SETTINGS[name], dataset, data_path,
-                                gru4rec_epochs if name == BASELINE else epochs, workdir) for name in chosen]
-        baseline = round_rows[-1]["median_epoch_seconds"]
-        for row in round_rows:
+        round_rows = {name: run_model(name, SETTINGS[name], dataset, data_path,
+                                      gru4rec_epochs if name in BASELINES else epochs, workdir) for name in chosen}
+        for row in round_rows.values():
             row["round"] = round_number
-            row["recbole_gru4rec_epoch_over_this"] = round(baseline / row["median_epoch_seconds"], 1)
-        rows += round_rows
+            for baseline, key in RATIO_KEYS.items():
+                if baseline in round_rows:
+                    row[key] = round(round_rows[baseline]["median_epoch_seconds"] / row["median_epoch_seconds"], 1)
+        rows += round_rows.values()
     return rows
 
 
+# The ratio each row records against each baseline: that baseline's epoch / this epoch, in the same round.
+RATIO_KEYS = {BASELINE: "recbole_gru4rec_epoch_over_this", MATCHED: "matched_recbole_gru4rec_epoch_over_this"}
+
+
 def ratio_summary(rows):
-    """Per setting: the ratio of each round, their median and their minimum."""
+    """Per setting and ratio key: the ratio of each round, their median and their minimum."""
     ratios = {}
     for row in rows:
-        ratios.setdefault(row["setting"], []).append(row["recbole_gru4rec_epoch_over_this"])
-    return {name: {"ratios": values, "median": round(statistics.median(values), 1), "min": min(values)}
-            for name, values in ratios.items()}
+        for key in RATIO_KEYS.values():
+            if key in row:
+                ratios.setdefault(row["setting"], {}).setdefault(key, []).append(row[key])
+    return {name: {key: {"ratios": values, "median": round(statistics.median(values), 1), "min": min(values)}
+                   for key, values in by_key.items()}
+            for name, by_key in ratios.items()}
 
 
 def main():
@@ -139,7 +152,8 @@ def main():
     parser.add_argument("--with_autograd", choices=("yes", "no"), default="yes",
                         help="also time each GRU4RecPaper setting with autograd instead of the fused step")
     parser.add_argument("--only", default=None,
-                        help="comma-separated parts of setting names to run (RecBole's GRU4Rec always runs), e.g. 'C++ step'")
+                        help="comma-separated parts of setting names to run, none holding a comma (RecBole's GRU4Rec with its "
+                             "defaults always runs), e.g. 'C++ step,hidden 100'")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every setting and RecBole's GRU4Rec this many times, alternating (ratios per round)")
     parser.add_argument("--output", default=None, help="JSON file for the results (default results/speed-DATASET.json)")
@@ -173,17 +187,18 @@ def main():
     cpu = report["machine"]
     print(f"\n{args.dataset} on {cpu['cpu']} ({cpu['cpu_cores']} cores), torch {report['versions']['torch']}")
     print(f"{'users':>6} {'round':>5} {'setting':<66} {'s/epoch':>8} {'events/s':>9} {'us/event':>9} {'x faster':>8} "
-          f"{'eval users/s':>12} {'RSS MB':>7} {'steal %':>7}")
+          f"{'x matched':>9} {'eval users/s':>12} {'RSS MB':>7} {'steal %':>7}")
     for run in report["runs"]:
         for row in run["rows"]:
             print(f"{round(100 * run['fraction']):>5}% {row['round']:>5} {row['setting']:<66} {row['median_epoch_seconds']:8.2f} "
                   f"{row['train_events_per_second']:9.0f} {row['microseconds_per_event']:9.1f} "
-                  f"{row['recbole_gru4rec_epoch_over_this']:8.1f} {row['eval_users_per_second']:12.0f} {row['peak_rss_mb']:7.0f} "
+                  f"{row['recbole_gru4rec_epoch_over_this']:8.1f} {row.get(RATIO_KEYS[MATCHED], '-'):>9} "
+                  f"{row['eval_users_per_second']:12.0f} {row['peak_rss_mb']:7.0f} "
                   f"{row['cpu_steal_percent'] if row['cpu_steal_percent'] is not None else '-':>7}")
-        if args.rounds > 1:
-            for name, summary in run["ratio_by_setting"].items():
-                if name != BASELINE:
-                    print(f"{round(100 * run['fraction']):>5}% ratio over {args.rounds} rounds, {name}: median "
+        for name, by_key in run["ratio_by_setting"].items():
+            for key, summary in by_key.items():
+                if name not in BASELINES and args.rounds > 1:
+                    print(f"{round(100 * run['fraction']):>5}% {key} over {args.rounds} rounds, {name}: median "
                           f"{summary['median']}, min {summary['min']} ({', '.join(map(str, summary['ratios']))})")
     print(f"written to {output}")
 
