@@ -6,9 +6,11 @@
   RecBole's ``Config`` touches, and ray 2.6.3, imported by ``recbole.quick_start``, is built for numpy 1).
   On pandas 2 that ``fillna`` still fills, and only warns that pandas 3 will not: the warning is silenced.
 * torch >= 2.6 loads checkpoints with ``weights_only=True`` and refuses RecBole's own: they pickle the whole
-  ``Config`` object, with protocol 4. :class:`SafeCheckpoints` makes any RecBole trainer save the config as
-  plain values (and atomically), so RecBole's unchanged ``torch.load`` calls read them weights-only, and
-  loading never has to be opened to arbitrary pickled objects.
+  ``Config`` object, model class included. :class:`SafeCheckpoints` makes any RecBole trainer save a copy of
+  the ``Config`` without the model class and with plain values (atomically), and :data:`CONFIG_TYPES`, the
+  few classes such a copy holds, are allowed to torch's weights-only loader. So RecBole's unchanged
+  ``torch.load`` calls (``Trainer.evaluate``, ``load_data_and_model``) read our checkpoints, and loading
+  is never opened to arbitrary pickled objects.
 * RecBole's ``Config`` reads ``--key=value`` from ``sys.argv`` by itself; :func:`recbole_argv` hides our own
   command line from it, so every override reaches RecBole once, through ``config_dict``.
 * Importing RecBole's sequential models runs ``torch.autograd.set_detect_anomaly(True)`` (in its SINE
@@ -16,12 +18,10 @@
   baselines included. The package imports them once here and switches anomaly detection back off.
 * RecBole 1.2.1 picks CUDA whenever it is present and ignores ``use_gpu``; :func:`honour_use_gpu` puts a
   ``use_gpu: False`` run on the CPU.
-* ``get_model`` only knows built-in models: :func:`model_class` resolves plugin models first and refuses a
-  plugin whose name is also a built-in (it would silently run the built-in).
 """
 
 import contextlib
-import importlib
+import copy
 import os
 import pickle
 import sys
@@ -31,6 +31,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from recbole_gru4rec.errors import UsageError
 
@@ -65,8 +66,16 @@ import recbole.model.sequential_recommender  # noqa: E402,F401  (its SINE module
 
 torch.autograd.set_detect_anomaly(_anomaly_detection)
 
+from recbole.config import Config  # noqa: E402
+from recbole.utils.enum_type import EvaluatorType, InputType, ModelType  # noqa: E402
 
-CHECKPOINT_FORMAT = "recbole-gru4rec-checkpoint/1"
+# What a checkpoint's Config copy holds besides plain values (torch.device is allowed already).
+CONFIG_TYPES = [Config, yaml.loader.FullLoader, ModelType, InputType, EvaluatorType]
+if hasattr(torch.serialization, "add_safe_globals"):  # torch < 2.4 does not load weights-only by default
+    torch.serialization.add_safe_globals(CONFIG_TYPES)
+
+CHECKPOINT_FORMAT = "recbole-gru4rec-checkpoint/2"
+OLD_CHECKPOINT_FORMATS = ("recbole-gru4rec-checkpoint/1",)  # the config stored as plain values only
 
 
 def plain(value):
@@ -82,6 +91,27 @@ def plain(value):
     return str(value)
 
 
+def _native(value):
+    """``value`` with numpy scalars turned into Python numbers, inside dicts, lists and tuples too."""
+    if isinstance(value, dict):
+        return {key: _native(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_native(item) for item in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def portable_config(config):
+    """A copy of RecBole's ``Config`` that torch loads weights-only: plain values, no model class."""
+    portable = copy.copy(config)
+    for name, value in vars(config).items():
+        if isinstance(value, dict):
+            setattr(portable, name, _native(value))
+    portable.model_class = None  # a class object would have to be allowed to the loader: RecBole never reads it
+    return portable
+
+
 class SafeCheckpoints:
     """Trainer mixin: checkpoints that ``torch.load(weights_only=True)`` reads, written atomically.
 
@@ -94,8 +124,7 @@ class SafeCheckpoints:
         return {
             "format": CHECKPOINT_FORMAT,
             "kind": kind,
-            "config": plain(self.config.final_config_dict),
-            "external_config": plain(self.config.external_config_dict),  # what rebuilds the Config
+            "config": portable_config(self.config),  # what RecBole's load_data_and_model reads
             "epoch": epoch,
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),
@@ -109,6 +138,11 @@ class SafeCheckpoints:
         write_checkpoint(self._checkpoint_state(epoch), saved_model_file)
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")
+
+    def save_pretrained_model(self, epoch, saved_model_file):
+        """The pre-training trainers' hook (S3Rec's, RaCT's): the same loadable checkpoint, at their path."""
+        write_checkpoint(self._checkpoint_state(epoch), saved_model_file)
+        self.saved_model_file = saved_model_file
 
 
 def write_checkpoint(state, path):
@@ -127,8 +161,11 @@ def load_checkpoint(path, kind=None):
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"checkpoint {path!r} cannot be read as a checkpoint of this tool ({reason[:120]})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") not in (CHECKPOINT_FORMAT, *OLD_CHECKPOINT_FORMATS):
         raise UsageError(f"checkpoint {path!r} was not written by recbole-gru4rec (expected {CHECKPOINT_FORMAT})")
+    if isinstance(checkpoint.get("config"), Config):  # read as plain values, as the older format stored them
+        checkpoint["external_config"] = plain(checkpoint["config"].external_config_dict)
+        checkpoint["config"] = plain(checkpoint["config"].final_config_dict)
     if kind is not None and checkpoint.get("kind", "best") != kind:
         raise UsageError(
             f"checkpoint {path!r} is a {checkpoint.get('kind', 'best')} checkpoint; this needs a {kind} one "
@@ -153,42 +190,3 @@ def recbole_argv():
         yield
     finally:
         sys.argv = saved
-
-
-def plugin_models():
-    """The models this package adds to RecBole, by name."""
-    from recbole_gru4rec.gru4rec_paper import GRU4RecPaper
-
-    return {"GRU4RecPaper": GRU4RecPaper}
-
-
-def _recbole_model(name):
-    # Look for the module file first: importing some model packages needs optional libraries (lightgbm).
-    import recbole.model
-
-    model_root = os.path.dirname(recbole.model.__file__)
-    for submodule in sorted(os.listdir(model_root)):
-        if os.path.isfile(os.path.join(model_root, submodule, f"{name.lower()}.py")):
-            module = importlib.import_module(f"recbole.model.{submodule}.{name.lower()}")
-            if hasattr(module, name):
-                return getattr(module, name)
-    return None
-
-
-def model_class(name):
-    """The model class called ``name``: a plugin model of this package, or a RecBole built-in."""
-    plugins = plugin_models()
-    builtin = _recbole_model(name)
-    if name in plugins:
-        if builtin is not None:
-            raise UsageError(f"plugin model {name!r} has the name of a RecBole built-in; rename the plugin")
-        model = plugins[name]
-    elif builtin is not None:
-        model = builtin
-    else:
-        raise UsageError(
-            f"unknown model {name!r}: use {', '.join(plugins)} or the exact name of a RecBole model "
-            "(e.g. GRU4Rec, SASRec, NARM, Pop, BPR)"
-        )
-    return model
-

@@ -73,9 +73,7 @@ class GRU4RecPaper(SequentialRecommender):
     input_type = InputType.POINTWISE
 
     def __init__(self, config, dataset):
-        for name, value in options.load_defaults().items():
-            if name not in config:
-                config[name] = value
+        options.fill_defaults(config)
         options.validate(config)
         super().__init__(config, dataset)
         self.logger = getLogger()

@@ -22,7 +22,7 @@ import sys
 
 import yaml
 
-from recbole_gru4rec import compat, options, pipeline
+from recbole_gru4rec import options, pipeline, registry
 from recbole_gru4rec.errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ class Entry:
         model, _, config_file = spec.partition(":")
         if not model:
             raise UsageError(f"--models entry {spec!r}: expected MODEL or MODEL:CONFIG.yaml")
-        compat.model_class(model)  # a one-line error for an unknown model, before anything runs
+        registry.get_model(model)  # a one-line error for an unknown model, before anything runs
         self.model = model
         self.config_file = config_file or None
         stem = os.path.splitext(os.path.basename(config_file))[0] if config_file else "default"
@@ -290,7 +290,7 @@ def resumable_checkpoint(entry, config):
 def entry_command(entry, dataset, config_files, overrides, time_budget_min, result_file, resume):
     """The ``run.py`` command line of one entry."""
     files = list(config_files) + ([entry.config_file] if entry.config_file else [])
-    command = [sys.executable, os.path.join(REPO, "run.py"), f"--model={entry.model}", f"--dataset={dataset}"]
+    command = [sys.executable, "-m", "recbole_gru4rec", f"--model={entry.model}", f"--dataset={dataset}"]
     if files:
         command.append(f"--config_files={','.join(files)}")
     command += [f"--{key}={value}" for key, value in overrides.items()]

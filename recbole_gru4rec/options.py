@@ -1,7 +1,9 @@
 """GRU4RecPaper's options: their defaults (the YAML beside the model) and their validation.
 
 Validation runs before any data is loaded or any training starts, and stops at the first bad value with a
-one-line message naming the option, the value and what is allowed.
+one-line message naming the option, the value and what is allowed. The execution options (how a step is
+computed) are checked against the machine by the trainer only: a model loaded to serve or evaluate never
+needs the compiler that trained it.
 """
 
 import difflib
@@ -32,6 +34,23 @@ def load_defaults():
     """The default value of every GRU4RecPaper option, read from GRU4RecPaper.yaml."""
     with open(DEFAULTS_FILE, encoding="utf-8") as f:
         return yaml.safe_load(f)
+
+
+# RecBole's form of ``train_neg_sample_args: ~`` (what its Config makes of it).
+NO_RECBOLE_NEGATIVES = {"distribution": "none", "sample_num": "none", "alpha": "none", "dynamic": False, "candidate_num": 0}
+
+
+def fill_defaults(config):
+    """Give ``config`` GRU4RecPaper's default for every option its user did not set.
+
+    RecBole's own defaults (``learner: adam``, ``train_batch_size: 2048``, a uniform training sampler) count
+    as not set, as a model's YAML overrides them inside RecBole; so ``Config(model=GRU4RecPaper, ...)`` with
+    no config file trains the paper's setting.
+    """
+    user_set = getattr(config, "external_config_dict", None)  # None: a plain mapping, whose keys are all the user's
+    for name, value in load_defaults().items():
+        if name not in (config if user_set is None else user_set):
+            config[name] = dict(NO_RECBOLE_NEGATIVES) if name == "train_neg_sample_args" else value
 
 
 def _is_int(value):
@@ -97,7 +116,10 @@ CHECKS = {
 
 
 def validate(config):
-    """Raise :class:`OptionError` at the first GRU4RecPaper option of ``config`` that is out of range."""
+    """Raise :class:`OptionError` at the first GRU4RecPaper option of ``config`` that is out of range.
+
+    The execution options are checked for their type here, and against the machine by :func:`validate_execution`.
+    """
     for name, (check, allowed) in CHECKS.items():
         value = config[name]
         if not check(value):
@@ -115,21 +137,30 @@ def validate(config):
             f"RecBole option train_neg_sample_args={negatives!r} does not apply to GRU4RecPaper, whose negatives "
             "are the mini-batch's other targets: set train_neg_sample_args: ~ and use n_sample / sample_alpha"
         )
-    if config["enable_amp"] or config["single_spec"] is False:
-        raise OptionError("GRU4RecPaper trains on one device in float32: set enable_amp: False and run one process")
+    if config["enable_amp"]:
+        raise OptionError("GRU4RecPaper option enable_amp=True is not supported: it trains in float32; set enable_amp: False")
+    if config["single_spec"] is False:
+        raise OptionError(
+            "GRU4RecPaper trains in one process (an epoch is one sequence of session-parallel steps): RecBole's "
+            "multi-process run (run_recboles, nproc > 1) is not supported; use run_recbole or run.py"
+        )
     weight_decay = config["weight_decay"] or 0.0
     if not _is_number(weight_decay) or weight_decay < 0:
         raise OptionError(f"option weight_decay={weight_decay!r} is not allowed: expected a number >= 0")
     if weight_decay > 0 and config["learner"].lower() == "adagrad_momentum":
         raise OptionError(f"option weight_decay={weight_decay} is not supported by learner adagrad_momentum; use 0")
-    if config["compile_step"]:
-        _check_compile_step(config)
-    if config["cpp_step"]:
-        _check_cpp_step(config)
     if config["momentum"] > 0 and config["learner"].lower() != "adagrad_momentum":
         raise OptionError(
             f"GRU4RecPaper option momentum={config['momentum']} needs learner adagrad_momentum, got {config['learner']!r}"
         )
+
+
+def validate_execution(config):
+    """Raise :class:`OptionError` when an execution option asks for what this machine or setting lacks."""
+    if config["compile_step"]:
+        _check_compile_step(config)
+    if config["cpp_step"]:
+        _check_cpp_step(config)
 
 
 def _check_compile_step(config):

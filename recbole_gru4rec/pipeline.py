@@ -1,8 +1,9 @@
 """One training run, the way RecBole's ``run_recbole`` does it, for plugin and built-in models alike.
 
 Config files are merged in this order (later wins): the model's defaults (GRU4RecPaper.yaml for plugin
-models; RecBole loads its own for built-ins), ``configs/sequential.yaml`` (the shared protocol),
-``configs/datasets/<dataset>.yaml`` when it exists, the user's ``--config_files``, then ``--key=value``.
+models; RecBole loads its own for built-ins), ``properties/sequential.yaml`` (the shared protocol),
+``properties/datasets/<dataset>.yaml`` when it exists (both in the package), the user's ``--config_files``,
+then ``--key=value``.
 """
 
 import os
@@ -19,13 +20,14 @@ import recbole
 import yaml
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_trainer, init_logger, init_seed
+from recbole.trainer import Trainer
+from recbole.utils import init_logger, init_seed
 
-from recbole_gru4rec import compat, options
+from recbole_gru4rec import compat, options, registry
 from recbole_gru4rec.errors import UsageError
-from recbole_gru4rec.trainer import SessionParallelTrainer, with_run_control
+from recbole_gru4rec.trainer import with_run_control
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
 PROTOCOL_FILE = os.path.join(CONFIG_DIR, "sequential.yaml")
 # Resolved config values that a comparison between runs depends on; recorded in every result.
 COMPARED_KEYS = (
@@ -36,15 +38,15 @@ COMPARED_KEYS = (
 
 
 def dataset_config_file(dataset):
-    """configs/datasets/<dataset>.yaml, or None when the dataset has no file of its own."""
+    """properties/datasets/<dataset>.yaml, or None when the dataset has no file of its own."""
     path = os.path.join(CONFIG_DIR, "datasets", f"{dataset}.yaml")
     return path if os.path.exists(path) else None
 
 
 def build_config(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None):
     """RecBole's Config for ``model`` on ``dataset``, validated before any data is read."""
-    model_cls = compat.model_class(model)
-    files = [options.DEFAULTS_FILE] if model in compat.plugin_models() else []
+    model_cls = registry.get_model(model)
+    files = [options.DEFAULTS_FILE] if model in registry.PLUGINS else []
     files.append(PROTOCOL_FILE)
     files += [path for path in [dataset_config_file(dataset)] if path]
     for path in config_files:
@@ -56,14 +58,51 @@ def build_config(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overr
             config = Config(model=model_cls, dataset=dataset, config_file_list=files, config_dict=dict(overrides or {}))
     except yaml.YAMLError as error:
         raise UsageError(f"a config file is not valid YAML: {' '.join(str(error).split())}") from None
+    except RECBOLE_CONFIG_ERRORS as error:
+        raise UsageError(f"RecBole refuses the config: {one_line(error)}") from None
     compat.honour_use_gpu(config)
+    check_trainer(config)
     check_valid_metric(config)
-    if model in compat.plugin_models():
+    check_positive_integers(config)
+    if model in registry.PLUGINS:
         user_keys = [key for key in config.external_config_dict if key not in config.internal_config_dict]
         for key, option in options.misspelt_options(user_keys):
             getLogger().warning(f"config key {key!r} is no GRU4RecPaper or RecBole option: did you mean {option!r}?")
         options.validate(config)
+        options.validate_execution(config)  # this command trains here: the machine must have what they need
     return config
+
+
+# What RecBole's Config and data preparation raise for a value they refuse (a bad topk, eval_args order, ...).
+RECBOLE_CONFIG_ERRORS = (ValueError, TypeError, KeyError, NotImplementedError, AttributeError, SyntaxError)
+
+
+def one_line(error):
+    """An exception's message on one line (RecBole's can span several; a KeyError's is its quoted key)."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(text.split()) or type(error).__name__
+
+
+# RecBole options whose bad values RecBole itself accepts and then fails on much later, or trains nothing.
+POSITIVE_INTEGERS = ("epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH")
+
+
+def check_positive_integers(config):
+    """Each of :data:`POSITIVE_INTEGERS` that the config has must be an integer >= 1."""
+    for key in POSITIVE_INTEGERS:
+        value = config[key]
+        if key in config and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise UsageError(f"{key}={value!r} is not allowed: expected an integer >= 1")
+
+
+def check_trainer(config):
+    """run.py trains models whose trainer has RecBole's epoch loop (Trainer and its subclasses) and hooks into it."""
+    trainer = registry.get_trainer(config["MODEL_TYPE"], config["model"])
+    if not issubclass(trainer, Trainer):
+        raise UsageError(
+            f"model {config['model']!r} trains with RecBole's {trainer.__name__}, which has no epoch loop to checkpoint, "
+            "budget or resume: run.py takes models trained by RecBole's Trainer or a subclass; use RecBole's run_recbole"
+        )
 
 
 def check_valid_metric(config):
@@ -198,10 +237,8 @@ def peak_rss_mb():
 
 
 def trainer_class(config):
-    """SessionParallelTrainer for GRU4RecPaper, RecBole's own trainer for every other model."""
-    if config["model"] in compat.plugin_models():
-        return SessionParallelTrainer
-    return with_run_control(get_trainer(config["MODEL_TYPE"], config["model"]))
+    """The trainer RecBole picks for the model (SessionParallelTrainer for GRU4RecPaper), under RunControl."""
+    return with_run_control(registry.get_trainer(config["MODEL_TYPE"], config["model"]))
 
 
 def check_resume(config, checkpoint_path):
@@ -241,12 +278,15 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
     data = load_dataset(config)
     check_dataset(config, data)
     logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    try:
+        train_data, valid_data, test_data = data_preparation(config, data)
+    except RECBOLE_CONFIG_ERRORS as error:
+        raise UsageError(f"RecBole cannot split dataset {config['dataset']!r} with this config: {one_line(error)}") from None
     check_split(train_data, test_data)
     train_dataset = train_data._dataset
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_cls = compat.model_class(model)
+    model_cls = registry.get_model(model)
     network = model_cls(config, train_dataset).to(config["device"])
     logger.info(network)
     trainer = trainer_class(config)(config, network)
@@ -268,6 +308,7 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
         "model": config["model"],
         "dataset": config["dataset"],
         "best_valid_score": float(best_valid_score),
+        "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": {k: float(v) for k, v in (best_valid_result or {}).items()},
         "test_result": {k: float(v) for k, v in (test_result or {}).items()},
         "epochs": len(epoch_seconds),
@@ -290,7 +331,7 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
 def comparison_config(config):
     """The resolved config values that matter when comparing runs, as plain JSON values."""
     keys = list(COMPARED_KEYS)
-    if config["model"] in compat.plugin_models():
+    if config["model"] in registry.PLUGINS:
         keys += [key for key in options.without_execution_options(options.load_defaults()) if key not in keys]
     else:
         keys += [key for key in ("embedding_size", "hidden_size", "num_layers", "n_layers", "n_heads",

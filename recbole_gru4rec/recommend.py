@@ -22,7 +22,7 @@ from recbole.data import create_dataset
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType
 
-from recbole_gru4rec import compat
+from recbole_gru4rec import compat, registry
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.session_data import user_sessions
 
@@ -60,7 +60,7 @@ class Recommender:
     def __init__(self, checkpoint_path):
         checkpoint = compat.load_checkpoint(checkpoint_path)
         saved = checkpoint["config"]
-        model_cls = compat.model_class(saved["model"])
+        model_cls = registry.get_model(saved["model"])
         if model_cls.type != ModelType.SEQUENTIAL:
             raise UsageError(f"checkpoint {checkpoint_path!r} holds {saved['model']}, not a sequential model")
         self.config = self._config(model_cls, saved["dataset"], checkpoint["external_config"])

@@ -1,7 +1,8 @@
 """The training loop of every run: RecBole's trainers with resumable, budgeted, guarded epochs.
 
-:class:`RunControl` is mixed into RecBole's trainer of each model (:func:`with_run_control`), and into
-:class:`SessionParallelTrainer`, GRU4RecPaper's trainer, so baselines and GRU4RecPaper train under one loop.
+:class:`RunControl` hooks into RecBole's trainer of each model (:func:`with_run_control`) and into
+:class:`SessionParallelTrainer`, GRU4RecPaper's trainer, so baselines and GRU4RecPaper train under the same
+rules while each trainer's own ``fit`` runs its loop.
 """
 
 import functools
@@ -10,16 +11,18 @@ import os
 import time
 
 from recbole.trainer import Trainer
-from recbole.utils import dict2str, early_stopping, init_seed, set_color
+from recbole.utils import init_seed, set_color
 from torch.nn.utils.clip_grad import clip_grad_norm_
 from tqdm import tqdm
 
+from recbole_gru4rec import options
 from recbole_gru4rec.compat import SafeCheckpoints, load_checkpoint, write_checkpoint
 from recbole_gru4rec.cpp_step import CppTrainingSteps, uncovered_reason
 from recbole_gru4rec.fused_step import FusedTrainingStep, unfused_reason
 from recbole_gru4rec.optimizers import AdagradMomentum
 from recbole_gru4rec.options import EXECUTION_OPTIONS
 from recbole_gru4rec.session_data import SessionParallelDataLoader, epoch_seed
+
 
 class NonFiniteLossError(ArithmeticError):
     """The training loss became NaN or infinite."""
@@ -40,18 +43,27 @@ def last_checkpoint_path(best_checkpoint_path):
     return f"{root}-last{extension}"
 
 
-class RunControl(SafeCheckpoints):
-    """Trainer mixin: RecBole's fit loop (train, validate, early-stop, keep the best model), plus
+class _TimeBudgetReached(Exception):
+    """Raised at the start of an epoch once the time budget is spent: it leaves the trainer's own loop."""
 
-    * a ``last`` checkpoint at the start and at the end of every epoch (atomic), from which
-      :meth:`resume_checkpoint` continues a killed run to the same result as an uninterrupted one;
+
+class RunControl(SafeCheckpoints):
+    """Trainer mixin: hooks into any RecBole trainer's own ``fit`` (which stays the trainer's), adding
+
+    * a ``last`` checkpoint at the start of every epoch and at the end of ``fit`` (atomic), holding the state
+      after the latest finished epoch, from which :meth:`resume_checkpoint` continues a killed run to the
+      same result as an uninterrupted one;
     * per-epoch seeding: epoch ``e`` seeds every random stream with :func:`epoch_seed` ``(seed, e)``
       (Python, numpy, torch, RecBole's shuffling generator, the model's ``reseed`` hook if it has one),
       so an epoch's draws do not depend on what ran before it in the process;
-    * a time budget (``time_budget_s``, checked at each epoch end) and ``stopped_by``: ``early_stopping``,
-      ``time_budget`` or ``max_epochs``;
+    * a time budget (``time_budget_s``, checked when an epoch would start) and ``stopped_by``:
+      ``early_stopping``, ``time_budget`` or ``max_epochs``;
     * a stop at the first non-finite loss, naming epoch, step and value (RecBole only checks NaN);
     * :class:`TrainingInterrupted` on Ctrl-C, naming the checkpoint to resume from.
+
+    The hooks are the methods RecBole's trainers call in their loops (``_train_epoch``, ``_check_nan``,
+    ``_save_checkpoint``, ``resume_checkpoint``): a trainer whose ``fit`` does more than RecBole's base one
+    (S3Rec's pre-training, NCL's E-step) keeps doing it.
     """
 
     def __init__(self, config, model):
@@ -62,73 +74,50 @@ class RunControl(SafeCheckpoints):
         self.fit_seconds = 0.0  # training and validation time, what the budget counts
         self.last_checkpoint_file = None
         self.epoch_in_progress, self.epoch_step = None, 0
+        self.finished_epoch = -1
+        self._saves_last, self._fit_started = False, None
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        """Train until early stopping, the time budget or the last epoch; returns (best score, best result)."""
-        self.eval_collector.data_collect(train_data)
+        """The trainer's own ``fit``, with epoch checkpoints, the time budget and Ctrl-C handled around it."""
+        self._saves_last = saved
         if saved:
             self.last_checkpoint_file = self.last_checkpoint_file or last_checkpoint_path(self.saved_model_file)
-            if self.start_epoch == 0:
-                self._save_last(-1)  # so that a run stopped in its first epoch resumes too
+        self.finished_epoch = self.start_epoch - 1
+        self._fit_started = time.perf_counter() - self.fit_seconds
         self.stopped_by = "max_epochs"
         try:
-            for epoch in range(self.start_epoch, self.epochs):
-                if self._run_epoch(epoch, train_data, valid_data, verbose, saved, show_progress, callback_fn):
-                    self.stopped_by = "early_stopping"
-                    break
-                if self.time_budget_s is not None and self.fit_seconds >= self.time_budget_s and epoch + 1 < self.epochs:
-                    self.stopped_by = "time_budget"
-                    self.logger.info(f"Time budget of {self.time_budget_s:.0f} s reached after epoch {epoch}")
-                    break
+            result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        except _TimeBudgetReached:
+            self.stopped_by = "time_budget"
+            self.logger.info(f"Time budget of {self.time_budget_s:.0f} s reached after epoch {self.finished_epoch}")
+            result = self.best_valid_score, self.best_valid_result
         except KeyboardInterrupt:
             raise TrainingInterrupted(self.epoch_in_progress, self.last_checkpoint_file if saved else None) from None
-        return self.best_valid_score, self.best_valid_result
+        if self.cur_step > self.stopping_step:  # RecBole's early_stopping stops exactly then
+            self.stopped_by = "early_stopping"
+        self._end_epoch_span()
+        return result
 
-    def _run_epoch(self, epoch, train_data, valid_data, verbose, saved, show_progress, callback_fn):
-        """Train and validate one epoch; returns True when early stopping says stop."""
-        self.epoch_in_progress, self.epoch_step = epoch, 0
-        self._seed_epoch(epoch, train_data)
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        """The trainer's own epoch, seeded, timed and checkpointed before it starts."""
+        self._end_epoch_span()
+        if (self.time_budget_s is not None and epoch_idx > self.start_epoch
+                and self.fit_seconds >= self.time_budget_s):
+            raise _TimeBudgetReached
+        self.epoch_in_progress, self.epoch_step = epoch_idx, 0
+        self._seed_epoch(epoch_idx, train_data)
         start = time.perf_counter()
-        losses = self._train_epoch(train_data, epoch, show_progress=show_progress)
-        trained = time.perf_counter()
-        self.epoch_seconds.append(trained - start)
-        self.train_loss_dict[epoch] = sum(losses) if isinstance(losses, tuple) else losses
-        if verbose:
-            self.logger.info(self._generate_train_loss_output(epoch, start, trained, losses))
-        self._add_train_loss_to_tensorboard(epoch, losses)
-        stop = False
-        if not valid_data or self.eval_step <= 0:
-            if saved:
-                self._save_checkpoint(epoch, verbose=verbose)
-        elif (epoch + 1) % self.eval_step == 0:
-            stop = self._validate(epoch, valid_data, verbose, saved, show_progress, callback_fn)
-        self.fit_seconds += time.perf_counter() - start
-        if saved:
-            self._save_last(epoch)
-        return stop
+        losses = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        self.epoch_seconds.append(time.perf_counter() - start)
+        self.finished_epoch = epoch_idx
+        return losses
 
-    def _validate(self, epoch, valid_data, verbose, saved, show_progress, callback_fn):
-        start = time.perf_counter()
-        valid_score, valid_result = self._valid_epoch(valid_data, show_progress=show_progress)
-        self.best_valid_score, self.cur_step, stop, improved = early_stopping(
-            valid_score, self.best_valid_score, self.cur_step, max_step=self.stopping_step, bigger=self.valid_metric_bigger
-        )
-        if verbose:
-            self.logger.info(
-                set_color(f"epoch {epoch} evaluating", "green")
-                + f" [time: {time.perf_counter() - start:.2f}s, valid_score: {valid_score:f}]"
-            )
-            self.logger.info(set_color("valid result", "blue") + ": \n" + dict2str(valid_result))
-        self.tensorboard.add_scalar("Vaild_score", valid_score, epoch)
-        if improved:
-            if saved:
-                self._save_checkpoint(epoch, verbose=verbose)
-            self.best_valid_result = valid_result
-        if callback_fn:
-            callback_fn(epoch, valid_score)
-        if stop and verbose:
-            self.logger.info(f"Finished training, best eval result in epoch {epoch - self.cur_step * self.eval_step}")
-        return stop
+    def _end_epoch_span(self):
+        """Everything of the finished epoch is done (its validation too): count its time, save it as ``last``."""
+        if self._fit_started is not None:
+            self.fit_seconds = time.perf_counter() - self._fit_started
+        if self._saves_last:
+            self._save_last(self.finished_epoch)
 
     def _seed_epoch(self, epoch, train_data):
         seed = epoch_seed(self.config["seed"], epoch)
@@ -190,7 +179,7 @@ def with_run_control(trainer_cls):
     return type(trainer_cls.__name__, (RunControl, trainer_cls), {"__doc__": trainer_cls.__doc__})
 
 
-class SessionParallelTrainer(RunControl, Trainer):
+class SessionParallelEpochs(Trainer):
     """RecBole's :class:`~recbole.trainer.Trainer`, changed where GRU4RecPaper needs it.
 
     * ``fit`` replaces RecBole's prefix-augmented training loader by a :class:`SessionParallelDataLoader`
@@ -202,7 +191,6 @@ class SessionParallelTrainer(RunControl, Trainer):
     * With ``fused_step: True`` (the default) and a setting it covers, each step is a
       :class:`FusedTrainingStep` (no autograd graph, no sparse gradients); otherwise autograd, as RecBole does.
       With ``cpp_step: True`` as well, the same arithmetic runs in C++, many steps per call (:class:`CppTrainingSteps`).
-    Epochs, checkpoints, resuming and the loss check are :class:`RunControl`'s; evaluation is RecBole's.
     """
 
     def __init__(self, config, model):
@@ -216,7 +204,6 @@ class SessionParallelTrainer(RunControl, Trainer):
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        self.epoch_in_progress, self.epoch_step = epoch_idx, 0
         self.model.train()
         fused_step = self._fused_step() if loss_func is None else None
         if isinstance(fused_step, CppTrainingSteps):
@@ -249,6 +236,11 @@ class SessionParallelTrainer(RunControl, Trainer):
         if progress is not None:
             progress.close()
         return total_loss
+
+    def _check_finite(self, value):
+        """RecBole's check of a step's loss; :class:`RunControl` puts a stricter one in its place."""
+        if math.isnan(value):
+            raise ValueError("Training loss is nan")
 
     def _autograd_step(self, loss_func, interaction):
         """One optimizer update through autograd, as RecBole's trainer makes it; returns the loss."""
@@ -291,3 +283,12 @@ class SessionParallelTrainer(RunControl, Trainer):
         learning_rate = kwargs.get("learning_rate", self.learning_rate)
         momentum = (self.config["momentum"] or 0.0) if learner == "adagrad_momentum" else 0.0
         return AdagradMomentum(params, lr=learning_rate, momentum=momentum)
+
+
+class SessionParallelTrainer(RunControl, SessionParallelEpochs):
+    """GRU4RecPaper's trainer (what RecBole's ``get_trainer`` returns for it): session-parallel epochs
+    under :class:`RunControl`. The execution options are checked against this machine here, before training."""
+
+    def __init__(self, config, model):
+        options.validate_execution(config)
+        super().__init__(config, model)

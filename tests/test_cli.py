@@ -45,12 +45,20 @@ def run_cli(args, capsys):
         (["--dataset=nosuch", "--data_path=/nonexistent"], "dataset 'nosuch' not found: no file /nonexistent/nosuch/nosuch.inter"),
         (["--saved=no"], "--saved=no: use true or false"),
         (["--saved=false", "--resume=saved/x-last.pth"], "--resume goes with --saved=true"),
+        (["--epochs=-1"], "epochs=-1 is not allowed: expected an integer >= 1"),
+        (["--MAX_ITEM_LIST_LENGTH=0"], "MAX_ITEM_LIST_LENGTH=0 is not allowed: expected an integer >= 1"),
+        (["--topk=[0]"], "RecBole refuses the config: topk must be a positive integer or a list of positive integers"),
+        (["--eval_args={'split':{'LS':'valid_and_test'},'order':'RO','group_by':'user','mode':'full'}"],
+         "RecBole cannot split dataset 'ml-100k' with this config: The ordering args for sequential recommendation has to be 'TO'"),
+        (["hyper"], "hyper needs --params_file=FILE"),
+        (["hyper", "--params_file=nosuch.hyper"], "--params_file=nosuch.hyper: no such file"),
     ],
 )
 def test_bad_input_is_one_line_before_training(args, message, capsys):
     code, out, err = run_cli(args, capsys)
     assert code == 2
-    assert err[-1].startswith("run.py: error: ") and message in err[-1]
+    prefix = "run.py hyper" if args[0] == "hyper" else "run.py"
+    assert err[-1].startswith(f"{prefix}: error: ") and message in err[-1]
     assert "Traceback" not in "\n".join(err) and "training" not in out
 
 
@@ -122,9 +130,9 @@ def test_recbole_documented_python_pipeline(tiny):
 
     from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader, SessionParallelTrainer
 
-    config = Config(model=GRU4RecPaper, dataset="tiny",
-                    config_file_list=[os.path.join(REPO, "configs", "GRU4RecPaper.yaml"),
-                                      os.path.join(REPO, "configs", "sequential.yaml")],
+    from recbole_gru4rec.pipeline import PROTOCOL_FILE
+
+    config = Config(model=GRU4RecPaper, dataset="tiny", config_file_list=[PROTOCOL_FILE],
                     config_dict={"data_path": tiny, "epochs": 1, "state": "ERROR", "checkpoint_dir": tiny})
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)

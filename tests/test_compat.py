@@ -12,7 +12,6 @@ import torch
 
 from conftest import REPO, build, write_inter
 from recbole_gru4rec import compat
-from recbole_gru4rec.errors import UsageError
 
 
 def test_too_new_numpy_or_pandas_is_a_clear_error():
@@ -38,21 +37,27 @@ def test_recbole_fills_missing_values(tmp_path):
 
 
 def test_checkpoints_load_weights_only_and_other_pickles_are_refused(tmp_path):
-    class Config:
-        final_config_dict = {"model": "GRU4RecPaper", "device": torch.device("cpu"), "seed": np.int64(3)}
-        external_config_dict = {"seed": 3}
+    from recbole.config import Config
+
+    from recbole_gru4rec import pipeline
+
+    config = pipeline.build_config("GRU4RecPaper", "ml-100k", overrides={"seed": np.int64(3)})
 
     class Holder(compat.SafeCheckpoints):
-        config = Config()
         cur_step, best_valid_score = 0, np.float64(0.25)
         model = torch.nn.Linear(2, 2)
         model.other_parameter = lambda: None
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         saved_model_file = str(tmp_path / "model.pth")
 
+    Holder.config = config
     Holder()._save_checkpoint(4, verbose=False)
-    checkpoint = torch.load(Holder.saved_model_file, weights_only=True)
-    assert checkpoint["epoch"] == 4 and checkpoint["config"]["device"] == "cpu" and checkpoint["config"]["seed"] == 3
+    checkpoint = torch.load(Holder.saved_model_file, weights_only=True)  # as RecBole's evaluate and load_data_and_model do
+    assert checkpoint["epoch"] == 4 and isinstance(checkpoint["config"], Config)
+    assert checkpoint["config"]["seed"] == 3 and type(checkpoint["config"]["seed"]) is int
+    assert checkpoint["config"]["device"] == torch.device("cpu") and checkpoint["config"]["hidden_size"] == 100
+    assert checkpoint["config"].model_class is None and config.model_class is not None  # the run's own is untouched
+    assert compat.load_checkpoint(Holder.saved_model_file)["config"]["device"] == "cpu"  # plain values for our code
     assert not os.path.exists(Holder.saved_model_file + ".partial")
 
     class Payload:
@@ -66,26 +71,13 @@ def test_checkpoints_load_weights_only_and_other_pickles_are_refused(tmp_path):
         torch.load(buffer)
 
 
-def test_model_names_resolve_to_plugins_or_builtins():
-    from recbole.model.sequential_recommender import SASRec
-
-    from recbole_gru4rec import GRU4RecPaper
-
-    assert compat.model_class("GRU4RecPaper") is GRU4RecPaper
-    assert compat.model_class("SASRec") is SASRec
-    with pytest.raises(UsageError, match="unknown model 'Nope'"):
-        compat.model_class("Nope")
-    for name in compat.plugin_models():
-        assert compat._recbole_model(name) is None  # no plugin hides behind a built-in's name
-
-
 def test_our_command_line_does_not_leak_into_recbole_config(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["run.py", "--result_file=x.json", "--hidden_size=7"])
     from recbole_gru4rec import pipeline
 
     config = pipeline.build_config("GRU4RecPaper", "ml-100k")
     assert config["result_file"] is None and config["hidden_size"] == 100
-    assert os.path.samefile(pipeline.CONFIG_DIR, os.path.join(REPO, "configs"))
+    assert os.path.samefile(pipeline.CONFIG_DIR, os.path.join(REPO, "recbole_gru4rec", "properties"))
 
 
 def test_importing_recbole_models_leaves_anomaly_detection_off():

@@ -60,9 +60,15 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(model, extra, step,
     assert resumed["train_loss_per_epoch"] == whole["train_loss_per_epoch"] and resumed["epochs"] == whole["epochs"] == 5
 
 
+def default_ctrl_c():
+    """In the child: Ctrl-C raises KeyboardInterrupt, also when the suite runs as a background job, whose
+    children inherit SIGINT as ignored (Python then never installs its handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_py(args, **kwargs):
     return subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kwargs)
+                            text=True, preexec_fn=default_ctrl_c, **kwargs)
 
 
 def wait_for_epoch(folder, epoch, process, timeout=120):
@@ -187,30 +193,30 @@ def test_compile_step_needs_the_fused_step_and_a_code_generator(monkeypatch):
     config = dict(options.load_defaults(), enable_amp=False, single_spec=True, weight_decay=0.0, device="cpu",
                   compile_step=True)
     with pytest.raises(options.OptionError, match="needs fused_step: True"):
-        options.validate(dict(config, fused_step=False))
+        options.validate_execution(dict(config, fused_step=False))
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.raises(options.OptionError, match=r"'no-such-compiler-here' \(set by \$CXX\) is not on PATH"):
-        options.validate(config)
+        options.validate_execution(config)
     # On a GPU no C++ compiler is asked for, but Triton is (installed or not, as this test pretends).
     monkeypatch.setattr(options.importlib.util, "find_spec", lambda name: object())
-    options.validate(dict(config, device="cuda"))
+    options.validate_execution(dict(config, device="cuda"))
     monkeypatch.setattr(options.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(options.OptionError, match=r"needs Triton on device cuda: the package 'triton' is not installed"):
-        options.validate(dict(config, device="cuda"))
+        options.validate_execution(dict(config, device="cuda"))
 
 
 def test_cpp_step_needs_the_fused_step_the_cpu_and_a_compiler(monkeypatch):
     config = dict(options.load_defaults(), enable_amp=False, single_spec=True, weight_decay=0.0, device="cpu",
                   cpp_step=True)
     with pytest.raises(options.OptionError, match=r"cpp_step=True runs the fused step in C\+\+: it needs fused_step: True"):
-        options.validate(dict(config, fused_step=False))
+        options.validate_execution(dict(config, fused_step=False))
     with pytest.raises(options.OptionError, match="cpp_step=True and compile_step=True exclude each other"):
-        options.validate(dict(config, compile_step=True))
+        options.validate_execution(dict(config, compile_step=True))
     with pytest.raises(options.OptionError, match="cpp_step=True trains on the CPU, not on device cuda"):
-        options.validate(dict(config, device="cuda"))
+        options.validate_execution(dict(config, device="cuda"))
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.raises(options.OptionError, match=r"cpp_step=True needs a C\+\+ compiler on CPU: 'no-such-compiler-here'"):
-        options.validate(config)
+        options.validate_execution(config)
 
 
 @pytest.mark.parametrize("option", sorted(options.load_defaults()))
