@@ -18,6 +18,10 @@ USAGE = """usage: python run.py [--model=GRU4RecPaper] [--dataset=ml-100k] [--co
                      [--time_budget_min=N] [--output_dir=results] [--rerun=false] [--KEY=VALUE ...]
        python run.py recommend --checkpoint=PATH (--user=ID | --history=ID,ID | --history-titles=T,T |
                      --users-file=FILE) [--topk=10] [--exclude-seen=true|false] [--json]
+       python run.py hyper --params_file=FILE [--model=GRU4RecPaper] [--dataset=ml-100k] [--tool=hyperopt|ray]
+                     [--algo=exhaustive|random|bayes] [--max_evals=100] [--output_dir=hyper]
+                     [--ray_address=local|auto|HOST:PORT] [--cpus_per_trial=1] [--gpus_per_trial=0]
+                     [--config_files=...] [--KEY=VALUE ...]
 
 Trains MODEL (GRU4RecPaper or any RecBole model) on DATASET with early stopping on the validation metric,
 evaluates it on test and prints the results. Any RecBole config key can be set with --KEY=VALUE.
@@ -27,7 +31,11 @@ saved/MODEL-TIME-last.pth; after a kill or Ctrl-C, the same command plus --resum
 --leaderboard trains each listed model in turn under the same protocol (CONFIG.yaml: that model's own
 hyperparameters) and writes OUTPUT_DIR/leaderboard-DATASET.json, .md and .png after each one; run again, it
 skips finished rows and resumes an unfinished one.
-`recommend` prints the next movies a trained sequential model predicts (python run.py recommend --help)."""
+`recommend` prints the next movies a trained sequential model predicts (python run.py recommend --help).
+`hyper` searches the space of a RecBole params file (one trial = one run as above, chosen on validation) with
+RecBole's HyperTuning or with Ray Tune on a Ray cluster; OUTPUT_DIR/trials.jsonl grows as trials finish,
+OUTPUT_DIR/best.json holds the best parameters and their test result.
+`recbole-gru4rec` (installed with the package) is the same command as `python run.py`."""
 
 
 def split_flags(argv, defaults, refused=None):
@@ -188,19 +196,59 @@ def leaderboard_main(argv):
     return 0
 
 
+def number_flag(name, text, kind):
+    """A numeric flag's value (``kind`` int or float), or a one-line error naming it."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise UsageError(f"--{name}={text}: use {'an integer' if kind is int else 'a number'}") from None
+
+
+def hyper_main(argv):
+    """``run.py hyper ...``: a hyperparameter search; returns the exit code."""
+    from recbole_gru4rec.hyper import run_search
+
+    flags, overrides = split_flags(argv, {"model": "GRU4RecPaper", "dataset": "ml-100k", "params_file": None,
+                                          "tool": "hyperopt", "algo": "exhaustive", "max_evals": "100",
+                                          "output_dir": "hyper", "ray_address": "local", "cpus_per_trial": "1",
+                                          "gpus_per_trial": "0", "config_files": ""})
+    if flags["params_file"] is None:
+        raise UsageError("hyper needs --params_file=FILE (RecBole's format, e.g. configs/GRU4RecPaper.hyper)")
+    best = run_search(
+        flags["model"], flags["dataset"], flags["params_file"], tool=flags["tool"], algo=flags["algo"],
+        max_evals=number_flag("max_evals", flags["max_evals"], int),
+        config_files=[path for path in flags["config_files"].split(",") if path], overrides=overrides,
+        output_dir=flags["output_dir"], ray_address=flags["ray_address"],
+        cpus_per_trial=number_flag("cpus_per_trial", flags["cpus_per_trial"], float),
+        gpus_per_trial=number_flag("gpus_per_trial", flags["gpus_per_trial"], float),
+    )
+    trials = os.path.join(flags["output_dir"], "trials.jsonl")
+    if best is None:
+        print(f"no trial gave a score (every combination was refused): see {trials}")
+        return 1
+    print(f"best parameters: {json.dumps(best['best_params'])}")
+    print(f"best validation score {best['best_valid_score']:.4f}; its test result: {json.dumps(best['test_result'])}")
+    print(f"trials in {trials}, summary in {os.path.join(flags['output_dir'], 'best.json')}")
+    return 0
+
+
+SUBCOMMANDS = {"recommend": ("run.py recommend", recommend_main), "hyper": ("run.py hyper", hyper_main)}
+
+
 def main(argv):
     """Run the command line; returns the process exit code."""
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        name, command = SUBCOMMANDS[argv[0]]
+        try:
+            return command(argv[1:])
+        except (UsageError, CompatibilityError) as error:
+            print(f"{name}: error: {error}", file=sys.stderr)
+            return 2
     if "--leaderboard" in argv:
         try:
             return leaderboard_main([arg for arg in argv if arg != "--leaderboard"])
         except (UsageError, CompatibilityError) as error:
             print(f"run.py --leaderboard: error: {error}", file=sys.stderr)
-            return 2
-    if argv[:1] == ["recommend"]:
-        try:
-            return recommend_main(argv[1:])
-        except (UsageError, CompatibilityError) as error:
-            print(f"run.py recommend: error: {error}", file=sys.stderr)
             return 2
     if "-h" in argv or "--help" in argv:
         print(USAGE)
@@ -234,3 +282,8 @@ def main(argv):
         write_json(flags["result_file"], result)
         print(f"results written to {flags['result_file']}")
     return 0
+
+
+def console_main():
+    """The ``recbole-gru4rec`` console script: ``python run.py`` under an installed name."""
+    sys.exit(main(sys.argv[1:]))
