@@ -24,8 +24,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from recbole_gru4rec import cpp_step, pipeline  # noqa: E402
-from recbole_gru4rec.leaderboard import machine, versions  # noqa: E402
+from recbole_gru4rec import pipeline  # noqa: E402
+from recbole_gru4rec.steps import cpp as cpp_step  # noqa: E402
+from recbole_gru4rec.leaderboard.runner import machine, versions  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = "RecBole GRU4Rec (defaults)"

@@ -25,7 +25,7 @@ from recbole.data import create_dataset, data_preparation  # noqa: E402
 
 from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader, SessionParallelTrainer, pipeline  # noqa: E402
 from recbole_gru4rec.cli import split_flags  # noqa: E402
-from recbole_gru4rec.fused_step import FusedTrainingStep  # noqa: E402
+from recbole_gru4rec.steps.fused import FusedTrainingStep, loss_and_gradient  # noqa: E402
 
 
 def microseconds_per_call(function, steps, rounds=1):
@@ -54,12 +54,12 @@ def main():
 
     def autograd_step(step):
         optimizer.zero_grad()
-        loss = model.calculate_loss(step)
+        loss = trainer.session_loss(step)
         loss.backward()
         optimizer.step()
 
     print(f"{dataset}, {len(steps)} steps, options {options}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    compiled = FusedTrainingStep(model, optimizer, compiled=True)
+    compiled = FusedTrainingStep(model, optimizer, trainer.session_state, compiled=True)
     start = time.perf_counter()
     compiled(steps[0])
     print(f"compiling the fused step: {time.perf_counter() - start:.1f} s")
@@ -69,18 +69,18 @@ def main():
               f"autograd {microseconds_per_call(autograd_step, steps):7.0f} us/step")
 
     targets = steps[0][model.POS_ITEM_ID]
-    columns = model.score_columns(targets)
+    columns = model.negatives.columns(targets)
     logits = torch.randn(len(targets), len(columns))
     output_grads = torch.randn(len(columns), model.output_size) * 1e-3
     input_grads = torch.randn(len(targets), 3 * model.hidden_size) * 1e-3
     dense_grads = [torch.randn_like(p) * 1e-3 for p in fused.dense_params]
     parts = {
-        "loss and its gradient": lambda s: model.loss_and_gradient(logits, columns, targets),
+        "loss and its gradient": lambda s: loss_and_gradient(model, logits, columns, targets),
         "update_rows, output weights": lambda s: optimizer.update_rows(fused.output_weights, columns, output_grads),
         "update_rows, input weights": lambda s: optimizer.update_rows(fused.input_weights, targets, input_grads),
         "update_dense": lambda s: optimizer.update_dense(fused.dense_params, dense_grads),
-        "negatives (score_columns)": lambda s: model.score_columns(s[model.POS_ITEM_ID]),
-        "carried hidden state": model.carried_hidden,
+        "negatives (negatives.columns)": lambda s: model.negatives.columns(s[model.POS_ITEM_ID]),
+        "carried hidden state": trainer.session_state.carried,
     }
     for name, part in parts.items():
         print(f"  {name:<30} {microseconds_per_call(part, steps):7.0f} us/step")

@@ -9,7 +9,7 @@ import sys
 from recbole_gru4rec import pipeline
 from recbole_gru4rec.compat import CompatibilityError
 from recbole_gru4rec.errors import UsageError
-from recbole_gru4rec.trainer import NonFiniteLossError, TrainingInterrupted
+from recbole_gru4rec.run_control import NonFiniteLossError, TrainingInterrupted
 
 USAGE = """usage: python run.py [--model=GRU4RecPaper] [--dataset=ml-100k] [--config_files=a.yaml,b.yaml]
                      [--data_path=DIR] [--result_file=PATH] [--time_budget_min=N] [--resume=LAST.pth]
@@ -171,7 +171,7 @@ def recommend_main(argv):
 
 def leaderboard_main(argv):
     """``run.py --leaderboard ...``; returns the exit code."""
-    from recbole_gru4rec.leaderboard import LeaderboardStopped, run_leaderboard
+    from recbole_gru4rec.leaderboard.runner import LeaderboardStopped, run_leaderboard
 
     flags, overrides = split_flags(argv, {"dataset": "ml-100k", "models": None, "config_files": "",
                                           "time_budget_min": None, "output_dir": "results", "rerun": "false"},

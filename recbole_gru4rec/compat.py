@@ -4,7 +4,8 @@
   environment that overrides the pins into a one-line error instead of silently wrong data
   (pandas 3 makes RecBole's ``fillna(inplace=True)`` a no-op; numpy 2 removed ``np.float_``, which
   RecBole's ``Config`` touches, and ray 2.6.3, imported by ``recbole.quick_start``, is built for numpy 1).
-  On pandas 2 that ``fillna`` still fills, and only warns that pandas 3 will not: the warning is silenced.
+  On pandas 2 that ``fillna`` still fills, and only warns that pandas 3 will not: :func:`quiet_pandas_fillna`
+  silences it while our runs load data (no global warning filter).
 * torch >= 2.6 loads checkpoints with ``weights_only=True`` and refuses RecBole's own: they pickle the whole
   ``Config`` object, model class included. :class:`SafeCheckpoints` makes any RecBole trainer save a copy of
   the ``Config`` without the model class and with plain values (atomically), and :data:`CONFIG_TYPES`, the
@@ -59,7 +60,15 @@ def check_library_versions(numpy_version=np.__version__, pandas_version=pd.__ver
 
 
 check_library_versions()
-warnings.filterwarnings("ignore", message="A value is trying to be set on a copy", category=FutureWarning)
+
+
+@contextlib.contextmanager
+def quiet_pandas_fillna():
+    """Silence, while RecBole loads a dataset, pandas 2's warning that RecBole's ``fillna(inplace=True)`` will
+    stop filling on pandas 3 (it fills on pandas 2, which the pins keep)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="A value is trying to be set on a copy", category=FutureWarning)
+        yield
 
 _anomaly_detection = torch.is_anomaly_enabled()
 import recbole.model.sequential_recommender  # noqa: E402,F401  (its SINE module switches anomaly detection on)
@@ -116,7 +125,7 @@ class SafeCheckpoints:
     """Trainer mixin: checkpoints that ``torch.load(weights_only=True)`` reads, written atomically.
 
     A ``best`` checkpoint holds the model of the best validation epoch (what evaluation and ``recommend``
-    load); a ``last`` checkpoint (see :class:`~recbole_gru4rec.trainer.RunControl`) holds the end of the
+    load); a ``last`` checkpoint (see :class:`~recbole_gru4rec.run_control.RunControl`) holds the end of the
     latest finished epoch plus the training progress that ``--resume`` needs.
     """
 

@@ -1,70 +1,26 @@
 """GRU4RecPaper: GRU4Rec as in Hidasi et al., ICLR 2016, with the CIKM 2018 extensions, for RecBole.
 
-Reads top to bottom: options and layers, weight initialisation, the layers of one step (the GRU cell is in
-gru_cell.py, the hand-written training step in fused_step.py), the two ways to run the
-network (one session-parallel step, or a whole item sequence), then RecBole's contract: ``calculate_loss``,
-``predict`` and ``full_sort_predict``.
+Reads like RecBole's own model files: options and layers, weight initialisation, the network (one event,
+a whole sequence), then RecBole's contract (``calculate_loss``, ``predict``, ``full_sort_predict``). The GRU
+cell is in gru_cell.py, the losses in losses.py; session-parallel training (the state carried between steps
+and the step backends) lives in ``steps/``.
 
 The 1-of-N input is a row gather of the first layer's input weights: multiplying a one-hot vector by a
 matrix selects one of its rows, so the gather computes the same function without building the vector.
 """
 
-import math
-from logging import getLogger
-
 import torch
-import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
 from recbole_gru4rec import options
 from recbole_gru4rec.gru_cell import gru_cell
-from recbole_gru4rec.losses import cross_entropy_with_gradient, pairwise_with_gradient, sampled_loss
-from recbole_gru4rec.sampling import PopularitySampler
-from recbole_gru4rec.session_data import CARRY_FIELD, INPUT_FIELD, ROWS_FIELD, user_sessions
-
-
-def final_activation(name):
-    """The score activation called ``name``: ``tanh``, ``linear`` or ``elu-<alpha>``."""
-    if name == "tanh":
-        return torch.tanh
-    if name == "linear":
-        return lambda scores: scores
-    alpha = float(name.split("-", 1)[1])
-    return lambda scores: F.elu(scores, alpha)
-
-
-def final_activation_slope(name, logits, scores):
-    """The derivative of the activation ``name`` at ``logits``, given its values ``scores`` there."""
-    if name == "tanh":
-        return 1 - scores * scores
-    if name == "linear":
-        return torch.ones_like(logits)
-    alpha = float(name.split("-", 1)[1])
-    return torch.where(logits > 0, 1.0, scores + alpha)
-
-
-def dropout_mask(like, p):
-    """Inverted-dropout multipliers shaped like ``like``: 0 with probability p, else 1 / (1 - p).
-
-    A uniform draw compared to p is ~3x faster on CPU than the Bernoulli sampler behind F.dropout, and this
-    runs at every session-parallel step.
-    """
-    return torch.rand_like(like).ge_(p).mul_(1.0 / (1.0 - p))
-
-
-def dropout(values, p, training):
-    """Inverted dropout: the same function as F.dropout."""
-    if not training or p == 0:
-        return values
-    return values * dropout_mask(values, p)
-
-
-def init_uniform_(weight, fan_in, fan_out):
-    """Uniform in [-x, x] with x = sqrt(6 / (fan_in + fan_out)), the paper's rule from the matrix shape."""
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    nn.init.uniform_(weight, -bound, bound)
+from recbole_gru4rec.layers import dropout, dropout_mask, init_uniform_
+from recbole_gru4rec.losses import sampled_loss
+from recbole_gru4rec.sampling import ExtraNegatives
+from recbole_gru4rec.session_data import CARRY_FIELD, user_sessions
+from recbole_gru4rec.steps import activations
 
 
 class GRU4RecPaper(SequentialRecommender):
@@ -76,7 +32,6 @@ class GRU4RecPaper(SequentialRecommender):
         options.fill_defaults(config)
         options.validate(config)
         super().__init__(config, dataset)
-        self.logger = getLogger()
 
         self.hidden_size = config["hidden_size"]
         self.num_layers = config["num_layers"]
@@ -89,8 +44,7 @@ class GRU4RecPaper(SequentialRecommender):
         self.sample_alpha = config["sample_alpha"]
         self.logq = config["logq"]
         self.activation_name = config["final_activation"]
-        self.activation = final_activation(self.activation_name)
-        self.sparse = self.uses_sparse_gradients(config)
+        self.sparse = options.sparse_gradients(config)
         self.dropout_input = config["dropout_prob_input"]
         self.dropout_hidden = config["dropout_prob_hidden"]
 
@@ -113,24 +67,12 @@ class GRU4RecPaper(SequentialRecommender):
         self.feedforward = nn.Linear(hidden, self.ff_hidden_size) if self.ff_hidden_size else None
         self._init_weights()
 
-        self.training_hidden = None  # (num_layers, rows, hidden): carried from one session-parallel step to the next
-        self.warned_prefix_batches = False
-        self.sampler = None  # built at the first training step, on the device of that step
-        self.sampler_seed = config["seed"] or 0
         needs_support = self.n_sample > 0 or self.logq > 0
-        self.item_support = user_sessions(dataset).item_support(self.n_items) if needs_support else None
+        item_support = user_sessions(dataset).item_support(self.n_items) if needs_support else None
+        self.negatives = ExtraNegatives(item_support, self.n_sample, self.sample_alpha, config["seed"] or 0)
         if self.logq > 0:
-            popularity = self.item_support.double().clamp(min=1) / self.item_support.sum()
+            popularity = item_support.double().clamp(min=1) / item_support.sum()
             self.register_buffer("log_popularity", popularity.log().float(), persistent=False)
-
-    @staticmethod
-    def uses_sparse_gradients(config):
-        """Item-indexed weights get sparse gradients when the optimizer can use them: only touched rows move."""
-        return (
-            config["learner"].lower() in options.SPARSE_LEARNERS
-            and not config["weight_decay"]
-            and not config["clip_grad_norm"]
-        )
 
     def _init_weights(self):
         """Every weight matrix uniform in [-x, x] from its shape (per gate for the GRU); biases zero."""
@@ -180,6 +122,11 @@ class GRU4RecPaper(SequentialRecommender):
     def _head(self, output):
         return torch.tanh(self.feedforward(output)) if self.feedforward is not None else output
 
+    def session_step(self, items, hidden):
+        """One session-parallel step: the scored representation of each row and the new hidden states."""
+        output, hidden = self._step(items, hidden)
+        return self._head(output), hidden
+
     def forward(self, item_seq, item_seq_len):
         """The representation after reading each sequence from a zero state: (batch, output_size)."""
         hidden = item_seq.new_zeros((self.num_layers, len(item_seq), self.hidden_size), dtype=torch.float)
@@ -190,92 +137,34 @@ class GRU4RecPaper(SequentialRecommender):
         last = self.gather_indexes(torch.stack(outputs, dim=1), item_seq_len - 1)
         return self._head(last)
 
-    def carried_hidden(self, interaction):
-        """The hidden states a session-parallel step starts from: carried row by row, zero where a session starts."""
-        carry = interaction[CARRY_FIELD]
-        hidden = self.training_hidden
-        if ROWS_FIELD in interaction:
-            hidden = hidden[:, interaction[ROWS_FIELD]]
-        elif hidden is None or hidden.shape[1] != len(carry):
-            # A new epoch: its first step starts a session in every row, so the old state is never used.
-            return carry.new_zeros(self.num_layers, len(carry), self.hidden_size)
-        return hidden * carry[None, :, None]
-
-    def _session_parallel_forward(self, interaction):
-        """One session-parallel step; the new hidden states are kept for the next step."""
-        output, hidden = self._step(interaction[INPUT_FIELD], self.carried_hidden(interaction))
-        self.training_hidden = hidden.detach()
-        return self._head(output)
-
-    def _logits(self, output, items):
+    def logits(self, output, items):
         """Pre-activation scores of every output row against each of the given items: (rows, len(items))."""
         return torch.addmm(self.output_bias[items], output, self.output_weights(items).T)
 
-    # ---- RecBole's contract ----
-
-    def calculate_loss(self, interaction):
-        """Sampled ranking loss of one mini-batch: its targets are each other's negatives, plus extra samples."""
-        if CARRY_FIELD in interaction:
-            output = self._session_parallel_forward(interaction)
-        else:
-            self._warn_prefix_batches()
-            output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        targets = interaction[self.POS_ITEM_ID]
-        columns = self.score_columns(targets)
-        return self.loss_of_logits(self._logits(output, columns), columns, targets)
-
-    def score_columns(self, targets):
-        """The items a training step scores: the mini-batch targets (the diagonal), then the extra negatives."""
-        if self.n_sample == 0:
-            return targets
-        return torch.cat([targets, self._extra_negatives(targets.device)])
-
-    def loss_of_logits(self, logits, columns, targets):
-        """The sampled loss of pre-activation scores (rows: outputs, columns: ``columns``, row i's target in column i)."""
-        scores = self._scores(logits, columns)
-        negatives = columns[None, :] != targets[:, None]
-        return sampled_loss(self.loss_type, scores.diagonal(), scores, negatives, self.bpreg)
-
-    def loss_and_gradient(self, logits, columns, targets):
-        """:meth:`loss_of_logits` and its gradient with respect to ``logits``: written out for TOP1 and BPR, and
-        for cross-entropy on linear scores; from autograd on the (B, K) score matrix for the other losses."""
-        if self.loss_type == "CE" and self.activation_name == "linear":
-            return cross_entropy_with_gradient(self._scores(logits, columns), columns, targets)
-        if self.loss_type in ("TOP1", "BPR"):  # logq > 0 needs CE: here the scores are the activation's
-            scores = self._scores(logits, columns)
-            loss, gradient = pairwise_with_gradient(self.loss_type, scores, columns, targets)
-            return loss, gradient.mul_(final_activation_slope(self.activation_name, logits, scores))
-        with torch.enable_grad():
-            logits = logits.detach().requires_grad_()
-            loss = self.loss_of_logits(logits, columns, targets)
-            (gradient,) = torch.autograd.grad(loss, logits)
-        return loss.detach(), gradient
-
-    def _scores(self, logits, columns):
-        scores = self.activation(logits)
+    def scores(self, logits, columns):
+        """The scores a loss ranks: the final activation of the logits, minus logq * log popularity (CE only)."""
+        scores = activations.apply(self.activation_name, logits)
         if self.logq > 0:
             scores = scores - self.logq * self.log_popularity[columns]
         return scores
 
-    def reseed(self, seed):
-        """Restart the extra-negative stream from ``seed`` (the trainer calls this at every epoch start)."""
-        self.sampler_seed = seed
-        self.sampler = None
-        self.training_hidden = None
+    def loss_of_logits(self, logits, columns, targets):
+        """The sampled loss of pre-activation scores (rows: outputs, columns: ``columns``, row i's target in column i)."""
+        scores = self.scores(logits, columns)
+        negatives = columns[None, :] != targets[:, None]
+        return sampled_loss(self.loss_type, scores.diagonal(), scores, negatives, self.bpreg)
 
-    def _extra_negatives(self, device):
-        if self.sampler is None:
-            generator = torch.Generator().manual_seed(self.sampler_seed)
-            self.sampler = PopularitySampler(self.item_support, self.n_sample, self.sample_alpha, generator, device)
-        return self.sampler.next()
+    # ---- RecBole's contract ----
 
-    def _warn_prefix_batches(self):
-        if not self.warned_prefix_batches:
-            self.logger.warning(
-                "GRU4RecPaper got RecBole's prefix-augmented batches, not session-parallel ones: it trains, but not "
-                "as in the paper. Train with recbole_gru4rec.SessionParallelTrainer to get session-parallel batches."
-            )
-            self.warned_prefix_batches = True
+    def calculate_loss(self, interaction):
+        """The sampled loss of one of RecBole's prefix-augmented batches: its targets are each other's negatives,
+        plus extra samples. (Session-parallel steps are trained by ``steps/``, through SessionParallelTrainer.)"""
+        if CARRY_FIELD in interaction:
+            raise TypeError("a session-parallel step carries its hidden state: train it with SessionParallelTrainer")
+        output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        targets = interaction[self.POS_ITEM_ID]
+        columns = self.negatives.columns(targets)
+        return self.loss_of_logits(self.logits(output, columns), columns, targets)
 
     def predict(self, interaction):
         """Score of the item in ``ITEM_ID`` after each sequence (the pre-activation score; same ranking)."""

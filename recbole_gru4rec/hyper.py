@@ -19,7 +19,7 @@ import math
 import os
 import time
 
-from recbole_gru4rec import options, pipeline, registry
+from recbole_gru4rec import checks, options, pipeline, registry
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.quick_start import objective_function
 
@@ -231,7 +231,7 @@ def run_search(model, dataset, params_file, tool="hyperopt", algo="exhaustive", 
         raise UsageError(f"--algo=exhaustive needs 'choice' for every parameter of {params_file}; use --algo=random or bayes")
     files = [os.path.abspath(path) for path in config_files]  # trials may run in another folder (Ray)
     config = pipeline.build_config(model, dataset, files, overrides)  # the fixed part, refused here if bad
-    pipeline.check_dataset_files(config)
+    checks.check_dataset_files(config)
     fixed = {**dict(overrides or {}), "model": model, "dataset": dataset}
     log = TrialLog(output_dir, tool)
     if tool == "hyperopt":

@@ -9,7 +9,6 @@ needs the compiler that trained it.
 import difflib
 import importlib.util
 import os
-import re
 import shutil
 import sys
 
@@ -18,12 +17,12 @@ import yaml
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.losses import LOSS_TYPES
 from recbole_gru4rec.session_data import SESSION_ORDERS
+from recbole_gru4rec.steps import activations
 
 DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "GRU4RecPaper.yaml")
 LEARNERS = ("adagrad", "adagrad_momentum", "adam", "adamw", "sgd", "rmsprop")
 # Learners whose torch implementation accepts sparse gradients (see GRU4RecPaper.uses_sparse_gradients).
 SPARSE_LEARNERS = ("adagrad", "adagrad_momentum", "sgd")
-ACTIVATION_PATTERN = re.compile(r"^(tanh|linear|elu-(\d+(\.\d*)?|\.\d+))$")
 
 
 class OptionError(UsageError):
@@ -51,6 +50,11 @@ def fill_defaults(config):
     for name, value in load_defaults().items():
         if name not in (config if user_set is None else user_set):
             config[name] = dict(NO_RECBOLE_NEGATIVES) if name == "train_neg_sample_args" else value
+
+
+def sparse_gradients(config):
+    """Item-indexed weights get sparse gradients when the optimizer can use them: only touched rows move."""
+    return config["learner"].lower() in SPARSE_LEARNERS and not config["weight_decay"] and not config["clip_grad_norm"]
 
 
 def _is_int(value):
@@ -97,7 +101,7 @@ CHECKS = {
     "ff_hidden_size": _int_at_least(0),
     "dropout_prob_input": _number_in(0.0, 1.0),
     "dropout_prob_hidden": _number_in(0.0, 1.0),
-    "final_activation": (lambda v: isinstance(v, str) and bool(ACTIVATION_PATTERN.match(v)), "tanh, linear or elu-<alpha>"),
+    "final_activation": (lambda v: isinstance(v, str) and bool(activations.PATTERN.match(v)), activations.ALLOWED),
     "loss_type": _one_of(LOSS_TYPES),
     "n_sample": _int_at_least(0),
     "sample_alpha": _number_in(0.0),

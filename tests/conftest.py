@@ -1,12 +1,15 @@
 """Shared helpers: small RecBole datasets written by hand, and RecBole objects built from them."""
 
+import copy
+import math
 import os
 import random
 
 import pytest
+import torch
 from recbole.data import create_dataset, data_preparation
 
-from recbole_gru4rec import pipeline
+from recbole_gru4rec import GRU4RecPaper, pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,6 +55,33 @@ def build(model, dataset, data_path=None, **overrides):
     data = create_dataset(config)
     train, valid, test = data_preparation(config, data)
     return config, data, train, valid, test
+
+
+def metrics_from_scores(model, test, k=10):
+    """Recall@k, MRR@k and NDCG@k of each test user's one target, from the model's scores of every item.
+
+    A target's rank is 1 + the number of items scored strictly higher (padding excluded); ties are rare with
+    float scores and counted in the target's favour.
+    """
+    rows = test._dataset.inter_feat
+    with torch.no_grad():
+        scores = model.full_sort_predict(rows)
+    scores[:, 0] = -math.inf
+    target_scores = scores.gather(1, rows[model.ITEM_ID][:, None])
+    ranks = 1 + (scores > target_scores).sum(1)
+    hit = (ranks <= k).double()
+    return {f"recall@{k}": hit.mean().item(), f"mrr@{k}": (hit / ranks).mean().item(),
+            f"ndcg@{k}": (hit / torch.log2(ranks + 1.0)).mean().item()}
+
+
+def model_with(ml100k, **options):
+    """A GRU4RecPaper on the ml100k fixture's training split with ``options`` changed, from seed 0."""
+    config, _, train, _, _ = ml100k
+    config = copy.deepcopy(config)
+    for key, value in options.items():
+        config[key] = value
+    torch.manual_seed(0)
+    return GRU4RecPaper(config, train._dataset)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """The RecBole 1.2.1 compatibility fixes, each against the failure it prevents."""
 
-import io
 import os
 import pickle
 import subprocess
@@ -12,6 +11,7 @@ import torch
 
 from conftest import REPO, build, write_inter
 from recbole_gru4rec import compat
+from recbole_gru4rec.errors import UsageError
 
 
 def test_too_new_numpy_or_pandas_is_a_clear_error():
@@ -60,15 +60,23 @@ def test_checkpoints_load_weights_only_and_other_pickles_are_refused(tmp_path):
     assert compat.load_checkpoint(Holder.saved_model_file)["config"]["device"] == "cpu"  # plain values for our code
     assert not os.path.exists(Holder.saved_model_file + ".partial")
 
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_by_our_loader_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+
     class Payload:
         def __reduce__(self):
-            return (os.system, ("echo pwned",))
+            return (os.system, (f"touch {marker}",))
 
-    buffer = io.BytesIO()
-    torch.save({"config": Payload()}, buffer)
-    buffer.seek(0)
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(buffer)
+    path = str(tmp_path / "evil.pth")
+    torch.save({"format": compat.CHECKPOINT_FORMAT, "config": Payload(), "state_dict": {}}, path)
+    with pytest.raises(UsageError, match=r"cannot be read as a checkpoint of this tool \(Weights only load failed"):
+        compat.load_checkpoint(path)
+    assert not marker.exists()
+    with pytest.raises(pickle.UnpicklingError):  # RecBole's own torch.load calls refuse it as well
+        torch.load(path)
+    assert not marker.exists()
 
 
 def test_our_command_line_does_not_leak_into_recbole_config(monkeypatch):

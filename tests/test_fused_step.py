@@ -1,4 +1,4 @@
-"""The fused training step makes the updates of the autograd path (calculate_loss, backward, optimizer.step), and
+"""The fused training step makes the updates of the autograd path (session_loss, backward, optimizer.step), and
 its compiled and C++ forms make the updates of the fused step."""
 
 import logging
@@ -10,10 +10,11 @@ import torch
 from recbole.utils import init_seed
 
 from conftest import build, random_sessions_folder
-from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader, SessionParallelTrainer, cpp_step
-from recbole_gru4rec.cpp_step import CppTrainingSteps
-from recbole_gru4rec.fused_step import FusedTrainingStep
-from recbole_gru4rec.trainer import NonFiniteLossError
+from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader, SessionParallelTrainer
+from recbole_gru4rec.steps import cpp as cpp_step
+from recbole_gru4rec.steps.cpp import CppTrainingSteps
+from recbole_gru4rec.steps.fused import FusedTrainingStep
+from recbole_gru4rec.run_control import NonFiniteLossError
 
 NO_COMPILER = shutil.which(os.environ.get("CXX", "g++")) is None
 
@@ -42,7 +43,7 @@ def train_one_epoch(tiny, fused, **options):
     init_seed(config["seed"], True)
     trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
     losses = []
-    step = trainer._fused_step() or trainer.model.calculate_loss
+    step = trainer._fused_step() or trainer.session_loss
     assert (trainer._fused_step() is not None) == fused
     torch.manual_seed(3)
     loader = SessionParallelDataLoader(config, train._dataset)
@@ -69,7 +70,7 @@ def assert_same_training(trainer, losses, reference, reference_losses):
         torch.testing.assert_close(params[name], param, rtol=1e-4, atol=1e-5, msg=name)
         for key, value in reference.optimizer.state[param].items():
             torch.testing.assert_close(trainer.optimizer.state[params[name]][key], value, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(trainer.model.training_hidden, reference.model.training_hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(trainer.session_state.hidden, reference.session_state.hidden, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("options", SETTINGS.values(), ids=SETTINGS.keys())

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import random_sessions, sessions_dataset_rows, write_inter
+from conftest import metrics_from_scores, random_sessions, sessions_dataset_rows, write_inter
 from recbole_gru4rec import pipeline
 from recbole_gru4rec.cli import main
 from recbole_gru4rec.recommend import Recommender, read_titles
@@ -80,7 +80,15 @@ def test_items_only_in_test_are_ranked_and_reported(tmp_path, caplog):
     rows = ROWS + [(user, 99, 1000 * int(user) + 500) for user in list(SESSIONS)[:5]]
     result, log = result_with_warnings(tmp_path, "cold", rows, caplog)
     assert "5 of 40 test targets are items never seen in training" in log
-    assert 0 <= result["test_result"]["recall@20"] <= 1
+    # Every test user is evaluated, the cold targets among them, over the scores of all items.
+    from recbole.quick_start import load_data_and_model
+
+    saved = pipeline.run("GRU4RecPaper", "cold", overrides={"data_path": str(tmp_path), "epochs": 1, "state": "ERROR",
+                                                           "checkpoint_dir": str(tmp_path / "saved")})
+    _, model, _, _, _, test = load_data_and_model(saved["checkpoint"])
+    model.eval()
+    assert saved["test_result"]["recall@20"] == pytest.approx(metrics_from_scores(model, test, k=20)["recall@20"], abs=6e-5)
+    assert saved["test_result"] == result["test_result"] and saved["test_users"] == 40
 
 
 TITLES = {"1": ("Amélie — 東京物語", "2001"), "2": ("Tab\tinside", "1999"), "3": ("Plain", "1995")}

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 from recbole_gru4rec.cli import main
-from recbole_gru4rec.leaderboard import label_offsets, markdown
+from recbole_gru4rec.leaderboard.report import label_offsets, markdown
 
 
 def leaderboard(cwd, *args):
@@ -91,3 +91,14 @@ def test_labels_of_neighbouring_points_go_below_them():
     # NARM and SASRec on ml-1m-u2999: near in time and in NDCG@10, so the lower one's label goes below it
     points = [(2895.0, 0.1113), (3090.0, 0.1087), (929.0, 0.1466), (0.7, 0.0162), (2860.0, 0.1332)]
     assert label_offsets(points) == [(6, 4), (6, -11), (6, 4), (6, 4), (6, 4)]
+
+
+def test_the_report_imports_no_model_or_training_code():
+    code = ("import sys, recbole_gru4rec.leaderboard.report; "
+            "print(' '.join(m for m in sys.modules if m.startswith('recbole_gru4rec')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "recbole_gru4rec.leaderboard.report" in loaded
+    training = {"gru4rec_paper", "trainer", "steps", "run_control", "pipeline"}
+    assert not [module for module in loaded if set(module.split(".")[1:2]) & training]
+    assert "matplotlib" not in subprocess.run([sys.executable, "-c", code.replace("startswith('recbole_gru4rec')",
+                                               "startswith('matplotlib')")], capture_output=True, text=True).stdout

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from recbole_gru4rec.gru4rec_paper import final_activation, final_activation_slope
+from recbole_gru4rec.steps import activations
 from recbole_gru4rec.losses import LOSS_TYPES, cross_entropy_with_gradient, pairwise_with_gradient, sampled_loss
 
 
@@ -132,6 +132,6 @@ def test_written_out_pairwise_gradients_match_autograd(loss_type, seed):
 @pytest.mark.parametrize("name", ["tanh", "linear", "elu-1", "elu-0.5"])
 def test_activation_slope_is_the_derivative(name):
     logits = torch.linspace(-3, 3, 13, dtype=torch.float64).add_(0.01).requires_grad_()  # 0 itself left out
-    scores = final_activation(name)(logits)
+    scores = activations.apply(name, logits)
     scores.sum().backward()
-    torch.testing.assert_close(final_activation_slope(name, logits.detach(), scores.detach()), logits.grad)
+    torch.testing.assert_close(activations.slope(name, logits.detach(), scores.detach()), logits.grad)

@@ -1,24 +1,14 @@
 """GRU4RecPaper's network against PyTorch's own GRU fed with real one-hot vectors, and its RecBole contract."""
 
-import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from recbole_gru4rec import GRU4RecPaper
-from recbole_gru4rec.gru4rec_paper import final_activation
+from conftest import model_with
 from recbole_gru4rec.gru_cell import GRUCell
-
-
-def model_with(ml100k, **options):
-    config, _, train, _, _ = ml100k
-    config = copy.deepcopy(config)
-    for key, value in options.items():
-        config[key] = value
-    torch.manual_seed(0)
-    return GRU4RecPaper(config, train._dataset)
+from recbole_gru4rec.steps import activations
 
 
 def copy_into_torch_gru(model):
@@ -113,7 +103,7 @@ def test_one_hot_input_dropout_drops_whole_rows(ml100k):
 @pytest.mark.parametrize("name,value,expected", [("tanh", 2.0, math.tanh(2.0)), ("linear", -3.0, -3.0),
                                                  ("elu-0.5", -1.0, 0.5 * (math.exp(-1.0) - 1)), ("elu-2", 1.5, 1.5)])
 def test_final_activations(name, value, expected):
-    assert final_activation(name)(torch.tensor(value)).item() == pytest.approx(expected, rel=1e-6)
+    assert activations.apply(name, torch.tensor(value)).item() == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("hidden_needs_grad", [False, True])

@@ -13,7 +13,7 @@ import yaml
 
 import recbole_gru4rec
 from conftest import random_sessions, sessions_dataset_rows, write_inter
-from recbole_gru4rec import pipeline, registry, trainer
+from recbole_gru4rec import pipeline, registry, run_control
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.options import OptionError
 
@@ -39,13 +39,13 @@ def settings(tiny, tmp_path, **extra):
 def epoch_loaders(monkeypatch):
     """The type of the loader each training epoch of any trainer got, in order."""
     seen = []
-    original = trainer.RunControl._train_epoch
+    original = run_control.RunControl._train_epoch
 
     def spy(self, train_data, *args, **kwargs):
         seen.append(type(train_data).__name__)
         return original(self, train_data, *args, **kwargs)
 
-    monkeypatch.setattr(trainer.RunControl, "_train_epoch", spy)
+    monkeypatch.setattr(run_control.RunControl, "_train_epoch", spy)
     return seen
 
 

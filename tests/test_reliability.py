@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from conftest import REPO, random_sessions_folder
 from recbole_gru4rec import compat, options, pipeline
 from recbole_gru4rec.errors import UsageError
-from recbole_gru4rec.trainer import NonFiniteLossError, RunControl, TrainingInterrupted
+from recbole_gru4rec.run_control import NonFiniteLossError, RunControl, TrainingInterrupted
 
 # GRU4RecPaper with every random stream in use: dropout, shuffled sessions, sampled negatives.
 RANDOM_PAPER = {"n_sample": 16, "dropout_prob_hidden": 0.3, "session_order": "shuffle"}
@@ -186,9 +187,6 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, monk
         compat.load_checkpoint(path + ".partial")
 
 
-WRONG_VALUES = ["ten", [1], -3, 1.5e9, None]
-
-
 def test_compile_step_needs_the_fused_step_and_a_code_generator(monkeypatch):
     config = dict(options.load_defaults(), enable_amp=False, single_spec=True, weight_decay=0.0, device="cpu",
                   compile_step=True)
@@ -219,20 +217,59 @@ def test_cpp_step_needs_the_fused_step_the_cpu_and_a_compiler(monkeypatch):
         options.validate_execution(config)
 
 
-@pytest.mark.parametrize("option", sorted(options.load_defaults()))
+def documented_ranges():
+    """option -> its range as GRU4RecPaper.yaml's comment documents it, e.g. ``(int >= 1)`` or ``(str) a | b``."""
+    ranges = {}
+    with open(options.DEFAULTS_FILE, encoding="utf-8") as f:
+        for line in f:
+            match = re.match(r"^(\w+):[^#]*#\s*\(([^)]*\)?)\)\s*(.*)$", line)
+            if match:
+                ranges[match.group(1)] = (match.group(2), match.group(3))
+    return ranges
+
+
+def cases_from_the_documented_range(kind, rest):
+    """(values that must pass, values that must fail), read off the YAML comment alone (not the code)."""
+    if kind.startswith("int >= "):
+        low = int(kind.rsplit(" ", 1)[1])
+        return [low, low + 7], [low - 1, float(low), "1", True]
+    if kind.startswith("float in ["):
+        low, high = (float(v) for v in kind[len("float in ["):-1].split(", "))
+        return [low, (low + high) / 2], [high, low - 0.01, float("nan"), "0.1"]
+    if kind.startswith("float >= "):
+        low = float(kind.rsplit(" ", 1)[1])
+        return [low, low + 2.5], [low - 0.01, float("nan"), None]
+    if kind == "float > 0":
+        return [1e-9, 3], [0, -0.5, "0.1"]
+    if kind == "bool":
+        return [True, False], [1, "True", None]
+    if kind == "str":  # "a | b: what b does | elu-<alpha>, ..." lists the choices
+        choices = [part.split()[0].rstrip(":,.") for part in rest.split("|")]
+        good = [choice.replace("<alpha>", "0.5") for choice in choices]
+        return good, ["nope", choices[0] + " ", None] + (["elu-", "elu--1"] if "elu-<alpha>" in choices else [])
+    raise AssertionError(f"no cases for the documented range {kind!r}")
+
+
+@pytest.mark.parametrize("option", sorted(options.CHECKS))
 def test_every_option_is_checked_for_type_and_range(option):
-    """Each default of GRU4RecPaper.yaml has a check, and it refuses at least one wrong value in one line."""
-    if option == "train_neg_sample_args":
-        values = [{"distribution": "uniform", "sample_num": 1}]  # RecBole's sampling: GRU4RecPaper samples its own
-    else:
-        assert option in options.CHECKS
-        values = WRONG_VALUES
-    refused = []
-    for value in values:
-        config = dict(options.load_defaults(), enable_amp=False, single_spec=True, weight_decay=0.0, **{option: value})
-        try:
-            options.validate(config)
-        except options.OptionError as error:
-            assert option in str(error) and "\n" not in str(error)
-            refused.append(value)
-    assert refused, f"{option} accepts every one of {values}"
+    """Each option accepts the ends of its range as GRU4RecPaper.yaml documents it, and refuses a value just
+    outside it, or of a wrong type, in one line naming the option and the value."""
+    good, bad = cases_from_the_documented_range(*documented_ranges()[option])
+    # A base every accepted value can stand in: CE (logq needs it), adagrad_momentum (momentum needs it).
+    base = dict(options.load_defaults(), enable_amp=False, single_spec=True, weight_decay=0.0, loss_type="CE",
+                learner="adagrad_momentum")
+    for value in good:
+        options.validate(dict(base, **{option: value}))
+    for value in bad:
+        with pytest.raises(options.OptionError) as refused:
+            options.validate(dict(base, **{option: value}))
+        message = str(refused.value)
+        assert f"{option}={value!r} is not allowed: expected " in message and "\n" not in message
+
+
+def test_every_default_has_a_check_and_recbole_negative_sampling_is_refused():
+    assert set(options.load_defaults()) - set(options.CHECKS) == {"train_neg_sample_args"}
+    config = dict(options.load_defaults(), enable_amp=False, single_spec=True, weight_decay=0.0,
+                  train_neg_sample_args={"distribution": "uniform", "sample_num": 1})
+    with pytest.raises(options.OptionError, match="train_neg_sample_args=.* does not apply to GRU4RecPaper"):
+        options.validate(config)

@@ -10,6 +10,7 @@ import torch
 from conftest import build, sessions_dataset_rows, write_inter
 from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader
 from recbole_gru4rec.session_data import CARRY_FIELD, INPUT_FIELD, ROWS_FIELD, SessionParallelEpoch, Sessions
+from recbole_gru4rec.steps.state import SessionState
 
 # user -> number of events; user 1 has no target at all, users 2 and 3 keep a training session of 2 events.
 LENGTHS = {1: 1, 2: 3, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 9, 9: 12, 10: 15, 11: 20, 12: 25}
@@ -160,11 +161,12 @@ def test_carried_state_equals_reading_each_session_from_the_start(handmade):
     torch.manual_seed(0)
     model = GRU4RecPaper(config, train._dataset).eval()
     loader = SessionParallelDataLoader(config, train._dataset)
+    state = SessionState(model)
     tokens = train._dataset.field2id_token["item_id"]
     to_index = {int(token): index for index, token in enumerate(tokens) if token != "[PAD]"}
     with torch.no_grad():
         for step in loader:
-            carried = model._session_parallel_forward(step)
+            carried, state.hidden = model.session_step(step[INPUT_FIELD], state.carried(step))
             prefixes = []
             for item in step[INPUT_FIELD].tolist():
                 user, position = divmod(int(tokens[item]), 100)

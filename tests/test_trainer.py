@@ -7,7 +7,7 @@ import torch
 
 from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader, SessionParallelTrainer
 from recbole_gru4rec.optimizers import AdagradMomentum
-from recbole_gru4rec.trainer import NonFiniteLossError
+from recbole_gru4rec.run_control import NonFiniteLossError
 
 
 def trainer_with(ml100k, **options):
@@ -34,7 +34,7 @@ def test_training_stops_at_the_first_non_finite_loss(ml100k, bad):
 
     def loss_going_bad(interaction):
         calls.append(1)
-        loss = trainer.model.calculate_loss(interaction)
+        loss = trainer.session_loss(interaction)
         return loss * bad if len(calls) == 4 else loss
 
     with pytest.raises(NonFiniteLossError, match=f"training loss is {bad} at epoch 2, step 3"):

@@ -1,4 +1,4 @@
-// GRU4RecPaper's fused training step (recbole_gru4rec/fused_step.py) in C++, many steps per call.
+// GRU4RecPaper's fused training step (recbole_gru4rec/steps/fused.py) in C++, many steps per call.
 //
 // On a CPU a session-parallel step is a few dozen operations on tensors of a few thousand values, and calling
 // each from Python costs about as much as its arithmetic. Here a whole chunk of steps runs in one call: the
@@ -268,7 +268,7 @@ std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const i
   return {loss, gradient};
 }
 
-// The loss of a step and its gradient on the pre-activation scores (GRU4RecPaper.loss_and_gradient).
+// The loss of a step and its gradient on the pre-activation scores (steps/fused.py: loss_and_gradient).
 std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& columns, const Tensor& targets,
                                             const std::optional<Tensor>& log_popularity, int64_t n_items,
                                             const Settings& s) {
@@ -566,5 +566,5 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "GRU4RecPaper's fused training step in C++, a chunk of session-parallel steps per call";
-  module.def("train_steps", &train_steps, "Train a chunk of session-parallel steps in place; see cpp_step.py");
+  module.def("train_steps", &train_steps, "Train a chunk of session-parallel steps in place; see steps/cpp.py");
 }

@@ -1,4 +1,4 @@
-"""``cpp_step: True``: the fused training step's arithmetic in C++ (cpp_step.cpp), a chunk of steps per call.
+"""``cpp_step: True``: the fused step's arithmetic (:mod:`.fused`) in C++ (cpp_step.cpp), a chunk of steps per call.
 
 The C++ source is compiled with torch's extension builder the first time it is used (about 40 s here; then
 cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). It trains on the CPU, and
@@ -13,7 +13,8 @@ import sys
 
 import torch
 
-from recbole_gru4rec.fused_step import FusedTrainingStep
+from recbole_gru4rec.steps import activations
+from recbole_gru4rec.steps.fused import FusedTrainingStep
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpp_step.cpp")
 LOSS_CODES = {"CE": 0, "TOP1": 1, "BPR": 2}
@@ -57,15 +58,6 @@ def uncovered_reason(model):
             "BPR, and CE with final_activation: linear)")
 
 
-def activation_code(name):
-    """(code, elu alpha) of a final activation name, as cpp_step.cpp numbers them."""
-    if name == "linear":
-        return 0, 0.0
-    if name == "tanh":
-        return 1, 0.0
-    return 2, float(name.split("-", 1)[1])
-
-
 class CppTrainingSteps:
     """Trains ``model`` (a :class:`GRU4RecPaper`) on whole epochs of session-parallel steps in C++.
 
@@ -73,12 +65,12 @@ class CppTrainingSteps:
     updates up to float rounding.
     """
 
-    def __init__(self, model, optimizer):
-        self.model = model
-        self.optimizer = optimizer
-        self.fused = FusedTrainingStep(model, optimizer)
+    def __init__(self, model, optimizer, state):
+        self.model, self.optimizer, self.state = model, optimizer, state
+        self.fused = FusedTrainingStep(model, optimizer, state)
         self.extension = load_extension()
-        self.activation, self.elu_alpha = activation_code(model.activation_name)
+        kind, self.elu_alpha = activations.parse(model.activation_name)
+        self.activation = activations.CPP_CODES[kind]
 
     def _row_tensors(self, weight):
         sums, velocity = self.optimizer.accumulators(weight)
@@ -97,15 +89,13 @@ class CppTrainingSteps:
         group = optimizer.param_groups[0]
         log_popularity = model.log_popularity if model.logq > 0 else None
         previous_rows = steps.previous_rows()
-        hidden = model.training_hidden
-        if hidden is not None and steps.n_steps and hidden.shape[1] != steps.bounds[1]:
-            hidden = None  # as carried_hidden: a new epoch starts every slot's session, from zero
+        hidden = self.state.start_of_epoch(steps.bounds[1]) if steps.n_steps else self.state.hidden
         for first in range(0, steps.n_steps, CHUNK_STEPS):
             last = min(first + CHUNK_STEPS, steps.n_steps)
             a, b = steps.bounds[first], steps.bounds[last]
             negatives = None
             if model.n_sample > 0:
-                negatives = torch.stack([model._extra_negatives(steps.items.device) for _ in range(last - first)])
+                negatives = torch.stack([model.negatives.next(steps.items.device) for _ in range(last - first)])
             losses, hidden = self.extension.train_steps(
                 dense, list(sums), velocities, input_rows, output_rows, len(self.fused.hidden_layers),
                 self.fused.feedforward is not None, LOSS_CODES[model.loss_type], self.activation, self.elu_alpha,
@@ -114,7 +104,7 @@ class CppTrainingSteps:
                 steps.items[a:b], steps.targets[a:b], steps.carry[a:b], previous_rows[a:b],
                 [bound - a for bound in steps.bounds[first : last + 1]], negatives, hidden,
             )
-            model.training_hidden = hidden
+            self.state.hidden = hidden
             yield losses
             if len(losses) < last - first:
                 return

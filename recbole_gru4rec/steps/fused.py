@@ -5,21 +5,24 @@ item-indexed weights (built, then sorted to coalesce them) and the optimizer's p
 times more than the arithmetic. Here the step is the arithmetic: the forward keeps what the backward needs,
 the backward is the chain rule through each layer, and the gradients of the item-indexed weights stay the
 rows the step touched (the input items, the scored columns), updated by :func:`adagrad_rows_`, the function
-behind :meth:`AdagradMomentum.update_rows`.
-The loss gradient on the (B, K) score matrix is :meth:`GRU4RecPaper.loss_and_gradient`'s.
+behind :meth:`AdagradMomentum.update_rows`. The loss gradient on the (B, K) score matrix is
+:func:`loss_and_gradient`'s.
 
-The updates are those of the autograd path (``calculate_loss``, ``backward``, ``AdagradMomentum.step``) up to
-float rounding, with the same random draws in the same order; the tests compare the two step by step.
+The updates are those of the autograd path (:func:`~recbole_gru4rec.steps.autograd.session_loss`, ``backward``,
+``AdagradMomentum.step``) up to float rounding, with the same random draws in the same order; the tests
+compare the two step by step.
 """
 
 import warnings
 
 import torch
 
-from recbole_gru4rec.gru4rec_paper import dropout_mask
 from recbole_gru4rec.gru_cell import gru_backward, gru_forward
+from recbole_gru4rec.layers import dropout_mask
+from recbole_gru4rec.losses import cross_entropy_with_gradient, pairwise_with_gradient
 from recbole_gru4rec.optimizers import AdagradMomentum, adagrad_dense_, adagrad_rows_
 from recbole_gru4rec.session_data import INPUT_FIELD
+from recbole_gru4rec.steps import activations
 
 
 def unfused_reason(model, optimizer, config):
@@ -36,17 +39,33 @@ def unfused_reason(model, optimizer, config):
     return None
 
 
+def loss_and_gradient(model, logits, columns, targets):
+    """``model.loss_of_logits`` and its gradient with respect to ``logits``: written out for TOP1 and BPR, and
+    for cross-entropy on linear scores; from autograd on the (B, K) score matrix for the other losses."""
+    if model.loss_type == "CE" and model.activation_name == "linear":
+        return cross_entropy_with_gradient(model.scores(logits, columns), columns, targets)
+    if model.loss_type in ("TOP1", "BPR"):  # logq > 0 needs CE: here the scores are the activation's
+        scores = model.scores(logits, columns)
+        loss, gradient = pairwise_with_gradient(model.loss_type, scores, columns, targets)
+        return loss, gradient.mul_(activations.slope(model.activation_name, logits, scores))
+    with torch.enable_grad():
+        logits = logits.detach().requires_grad_()
+        loss = model.loss_of_logits(logits, columns, targets)
+        (gradient,) = torch.autograd.grad(loss, logits)
+    return loss.detach(), gradient
+
+
 class FusedTrainingStep:
-    """Trains ``model`` (a :class:`GRU4RecPaper`) by one session-parallel step per call, updating with ``optimizer``.
+    """Trains ``model`` (a :class:`GRU4RecPaper`) by one session-parallel step per call, updating with
+    ``optimizer``; the hidden state is carried in ``state`` (a :class:`~recbole_gru4rec.steps.state.SessionState`).
 
     With ``compiled=True`` the arithmetic of the step (everything after the random draws) goes through
     ``torch.compile``: its few dozen small operations become a few generated kernels. It compiles at the first
     step and once more when the steps narrow at the end of the epoch (the batch size becomes dynamic).
     """
 
-    def __init__(self, model, optimizer, compiled=False):
-        self.model = model
-        self.optimizer = optimizer
+    def __init__(self, model, optimizer, state, compiled=False):
+        self.model, self.optimizer, self.state = model, optimizer, state
         self.input_weights = model.input_layer.weight  # (n_items, 3H): one row per item, the 1-of-N product
         self.output_weights = model.output_weights.weight
         self.hidden_layers = list(model.hidden_layers)
@@ -68,19 +87,19 @@ class FusedTrainingStep:
         """Train on one session-parallel step; returns its loss (a 0-dim tensor)."""
         model = self.model
         items, targets = interaction[INPUT_FIELD], interaction[model.POS_ITEM_ID]
-        hidden = model.carried_hidden(interaction)
+        hidden = self.state.carried(interaction)
         # The random draws, in the autograd path's order (input dropout, then each layer's), come first: the
         # arithmetic then holds no random state, and compiled or not it uses the same numbers.
         input_mask = dropout_mask(hidden[0, :, :1], model.dropout_input) if model.dropout_input > 0 else None
         hidden_masks = [dropout_mask(hidden[0], model.dropout_hidden) if model.dropout_hidden > 0 else None
                         for _ in self.hidden_layers]
-        columns = model.score_columns(targets)
+        columns = model.negatives.columns(targets)
         optimizer = self.optimizer
         accumulators = [optimizer.accumulators(param) for param in self.dense_params]
         input_rows = (*optimizer.accumulators(self.input_weights), optimizer.row_scratch(self.input_weights))
         output_rows = (*optimizer.accumulators(self.output_weights), optimizer.row_scratch(self.output_weights))
         group = optimizer.param_groups[0]
-        loss, model.training_hidden = self.arithmetic(
+        loss, self.state.hidden = self.arithmetic(
             items, targets, columns, hidden, input_mask, hidden_masks, accumulators, input_rows, output_rows,
             (group["lr"], group["momentum"], group["eps"]),
         )
@@ -114,7 +133,7 @@ class FusedTrainingStep:
         column_weights = self.output_weights.index_select(0, columns)
         logits = torch.addmm(model.output_bias.index_select(0, columns), head, column_weights.t())
 
-        loss, grad_logits = model.loss_and_gradient(logits, columns, targets)
+        loss, grad_logits = loss_and_gradient(model, logits, columns, targets)
 
         # Backward, top to bottom.
         grad_head = grad_logits @ column_weights
