@@ -43,7 +43,7 @@ class GRU4RecPaper(SequentialRecommender):
         self.bpreg = config["bpreg"]
         self.sample_alpha = config["sample_alpha"]
         self.logq = config["logq"]
-        self.activation_name = config["final_activation"]
+        self.activation_name = activations.resolve(config["final_activation"], self.loss_type)
         self.sparse = options.sparse_gradients(config)
         self.dropout_input = config["dropout_prob_input"]
         self.dropout_hidden = config["dropout_prob_hidden"]
@@ -70,9 +70,8 @@ class GRU4RecPaper(SequentialRecommender):
         needs_support = self.n_sample > 0 or self.logq > 0
         item_support = user_sessions(dataset).item_support(self.n_items) if needs_support else None
         self.negatives = ExtraNegatives(item_support, self.n_sample, self.sample_alpha, config["seed"] or 0)
-        if self.logq > 0:
-            popularity = item_support.double().clamp(min=1) / item_support.sum()
-            self.register_buffer("log_popularity", popularity.log().float(), persistent=False)
+        if self.logq > 0:  # log of the training counts, as the author's code (only differences matter in a softmax)
+            self.register_buffer("log_popularity", item_support.double().clamp(min=1).log().float(), persistent=False)
 
     def _init_weights(self):
         """Every weight matrix uniform in [-x, x] from its shape (per gate for the GRU); biases zero."""
@@ -108,13 +107,13 @@ class GRU4RecPaper(SequentialRecommender):
         return self.input_layer(embedded)
 
     def _step(self, items, hidden):
-        """Advance every GRU layer by one event. Returns the top layer's output and the new hidden states."""
+        """Advance every GRU layer by one event. Returns the top layer's output and the new hidden states:
+        each layer's output after dropout, which is also the state it carries (as in the author's code)."""
         gates = self._input_gates(items)
         new_hidden = []
         for layer, hidden_layer in enumerate(self.hidden_layers):
-            state = gru_cell(gates, hidden[layer], hidden_layer)
-            new_hidden.append(state)
-            output = dropout(state, self.dropout_hidden, self.training)
+            output = dropout(gru_cell(gates, hidden[layer], hidden_layer), self.dropout_hidden, self.training)
+            new_hidden.append(output)
             if layer + 1 < self.num_layers:
                 gates = self.upper_input_layers[layer](output)
         return output, torch.stack(new_hidden)
@@ -142,10 +141,14 @@ class GRU4RecPaper(SequentialRecommender):
         return torch.addmm(self.output_bias[items], output, self.output_weights(items).T)
 
     def scores(self, logits, columns):
-        """The scores a loss ranks: the final activation of the logits, minus logq * log popularity (CE only)."""
+        """The scores a loss ranks: the final activation of the logits, then for CE with ``logq`` minus logq * log Q,
+        Q how a column came to be sampled: popularity for the mini-batch's targets (the first ``len(logits)``
+        columns), popularity^sample_alpha for the extra negatives (CIKM 2018's logQ, as the author's code)."""
         scores = activations.apply(self.activation_name, logits)
         if self.logq > 0:
-            scores = scores - self.logq * self.log_popularity[columns]
+            correction = self.log_popularity[columns]
+            correction[len(logits):] *= self.sample_alpha
+            scores = scores - self.logq * correction
         return scores
 
     def loss_of_logits(self, logits, columns, targets):

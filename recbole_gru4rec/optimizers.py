@@ -1,16 +1,21 @@
-"""Adagrad with momentum, the optimizer of the official GRU4Rec (Hidasi & Karatzoglou, CIKM 2018)."""
+"""Adagrad with momentum, the optimizer of the official GRU4Rec (Hidasi & Karatzoglou, CIKM 2018).
+
+As in the author's code (hidasib/GRU4Rec_PyTorch_Official, ``IndexedAdagradM``): eps = 1e-6 inside the square
+root, so a tiny first gradient makes a tiny step (torch's Adagrad adds its 1e-10 outside the root, which makes
+the first step about ``lr * sign(g)`` whatever the gradient's size).
+"""
 
 import torch
 
 
 class AdagradMomentum(torch.optim.Optimizer):
-    """Adagrad whose steps are accumulated with momentum: v <- m v + lr g / (sqrt(G) + eps); p <- p - v.
+    """Adagrad whose steps are accumulated with momentum: G <- G + g^2; v <- m v + lr g / sqrt(G + eps); p <- p - v.
 
-    With ``momentum=0`` this is exactly ``torch.optim.Adagrad`` (same ``eps``). A sparse gradient (from a
-    sparse embedding) updates the accumulator, the velocity and the weights of the rows it touches only.
+    A sparse gradient (from a sparse embedding) updates the accumulator, the velocity and the weights of the rows
+    it touches only.
     """
 
-    def __init__(self, params, lr=0.01, momentum=0.0, eps=1e-10):
+    def __init__(self, params, lr=0.01, momentum=0.0, eps=1e-6):
         if lr <= 0:
             raise ValueError(f"learning rate {lr} must be > 0")
         if not 0.0 <= momentum < 1.0:
@@ -85,8 +90,8 @@ def adagrad_dense_(params, grads, sums, velocities, lr, momentum, eps):
     """Adagrad (with momentum when ``velocities`` is not None) on dense tensors, in place."""
     # One fused (foreach) kernel per operation for all of them: a step has many small ones.
     torch._foreach_addcmul_(sums, grads, grads)
-    denominators = torch._foreach_sqrt(sums)
-    torch._foreach_add_(denominators, eps)
+    denominators = torch._foreach_add(sums, eps)
+    torch._foreach_sqrt_(denominators)
     if velocities is not None:
         torch._foreach_mul_(velocities, momentum)
         torch._foreach_addcdiv_(velocities, grads, denominators, value=lr)
@@ -109,7 +114,7 @@ def adagrad_rows_(param, rows, row_grads, sums, velocity, scratch, lr, momentum,
     grads = scratch.index_select(0, rows)
     row_sums = sums.index_select(0, rows).addcmul_(grads, grads)
     sums.index_copy_(0, rows, row_sums)
-    step = grads.div_(row_sums.sqrt_().add_(eps))
+    step = grads.div_(row_sums.add_(eps).sqrt_())
     if velocity is not None:
         step = velocity.index_select(0, rows).mul_(momentum).add_(step, alpha=lr)
         velocity.index_copy_(0, rows, step)

@@ -83,6 +83,12 @@ def _one_of(choices):
     return lambda v: v in choices, "one of " + ", ".join(choices)
 
 
+# The version of GRU4RecPaper's mechanisms, recorded in every result so that rows trained by older code are told
+# apart (the leaderboard trains them again). 1 (rows without it): eps outside Adagrad's root, the undropped state
+# carried, logQ of normalised popularity on every column, final_activation tanh by default. 2: the author's way
+# for all four (README, Faithfulness).
+MECHANISMS = 2
+
 # Options that choose how a step is computed, not what: the updates are the same up to float rounding (tested).
 # A run resumes across them, and a leaderboard row stands for both; rows record them under "execution".
 EXECUTION_OPTIONS = ("fused_step", "compile_step", "cpp_step")

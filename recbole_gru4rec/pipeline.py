@@ -185,4 +185,7 @@ def comparison_config(config):
         keys += [key for key in ("embedding_size", "hidden_size", "num_layers", "n_layers", "n_heads",
                                  "inner_size", "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob",
                                  "loss_type") if key in config]
-    return {key: compat.plain(config[key]) for key in keys}
+    compared = {key: compat.plain(config[key]) for key in keys}
+    if config["model"] in registry.PLUGINS:
+        compared["mechanisms"] = options.MECHANISMS
+    return compared

@@ -33,7 +33,7 @@ def run_cli(args, capsys):
     [
         (["--model=Foo"], "unknown model 'Foo'"),
         (["--loss_type=HINGE"], "loss_type='HINGE' is not allowed: expected one of TOP1, BPR, TOP1-max, BPR-max, CE"),
-        (["--final_activation=relu"], "final_activation='relu' is not allowed: expected tanh, linear or elu-<alpha>"),
+        (["--final_activation=relu"], "final_activation='relu' is not allowed: expected auto, tanh, linear or elu-<alpha>"),
         (["--train_batch_size=0"], "train_batch_size=0 is not allowed: expected an integer >= 1"),
         (["--hidden_size=-5"], "hidden_size=-5 is not allowed: expected an integer >= 1"),
         (["--n_sample=-1"], "n_sample=-1 is not allowed: expected an integer >= 0"),

@@ -26,24 +26,29 @@ def test_extra_negatives_follow_support_to_the_alpha_and_never_zero_support(alph
     assert chi2 < stats.chi2.ppf(0.999, df=int(drawable.sum()) - 1), (counts.tolist(), expected.tolist())
 
 
-def test_logq_subtracts_the_log_of_training_popularity(ml100k):
-    model, train = model_with(ml100k, loss_type="CE", final_activation="linear", logq=0.7, n_sample=16), ml100k[2]
+def test_logq_subtracts_log_popularity_and_alpha_times_it_for_the_extra_negatives(ml100k):
+    """CIKM 2018's logQ as the author's code applies it: each column's score minus logq * log Q, where Q is the
+    popularity for the mini-batch's targets and popularity^sample_alpha for the extra negatives."""
+    model, train = model_with(ml100k, loss_type="CE", logq=0.7, n_sample=16, sample_alpha=0.25), ml100k[2]
     # Training events counted from RecBole's prefix rows: every target, plus each user's first event.
     rows = train._dataset.inter_feat
     first_events = rows["item_id_list"][rows["item_length"] == 1, 0]
     counts = (torch.bincount(rows["item_id"], minlength=model.n_items)
               + torch.bincount(first_events, minlength=model.n_items)).double()
-    columns = torch.tensor([50, 1, 300, 7])
-    logits = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
-    expected = logits - 0.7 * torch.log(counts[columns].clamp(min=1) / counts.sum()).float()
-    torch.testing.assert_close(model.scores(logits, columns), expected)
-    # The sign: the more popular of two items with equal logits loses more of its score.
-    popular, rare = sorted(columns.tolist(), key=lambda item: -counts[item])[0], min(columns.tolist(), key=lambda item: counts[item])
-    scores = model.scores(torch.zeros(1, 2), torch.tensor([popular, rare]))
-    assert counts[popular] > counts[rare] and scores[0, 0] < scores[0, 1]
-    # The sampled cross-entropy of those corrected scores, by hand: -log softmax of the target over its row.
-    targets = columns.clone()
-    manual = (torch.logsumexp(expected, dim=1) - expected.diagonal()).mean()
+    columns = torch.tensor([50, 1, 300, 7, 1])  # two rows' targets, then three extra negatives (one repeats a target)
+    logits = torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
+    log_q = torch.log(counts[columns]) * torch.tensor([1.0, 1.0, 0.25, 0.25, 0.25], dtype=torch.float64)
+    expected = logits - 0.7 * log_q.float()
+    torch.testing.assert_close(model.scores(logits, columns), expected)  # CE's default activation is linear
+    # The sign: of two targets with equal logits, the more popular one loses more of its score.
+    scores = model.scores(torch.zeros(2, 2), torch.tensor([300, 1]))
+    assert counts[300] > counts[1] and scores[0, 0] < scores[0, 1]
+    # The sampled cross-entropy of those scores, by hand: -log softmax of each row's target over its row, where
+    # a column holding the row's own target again is no negative.
+    targets = columns[:2]
+    masked = expected.clone()
+    masked[1, 4] = float("-inf")  # row 1's target (item 1) sampled again
+    manual = (torch.logsumexp(masked, dim=1) - expected.diagonal()).mean()
     torch.testing.assert_close(model.loss_of_logits(logits, columns, targets), manual)
 
 
@@ -100,3 +105,33 @@ def test_evaluation_metrics_equal_a_calculation_from_the_scores(ml100k):
     assert expected["ndcg@10"] > 0.01  # a trained model, not a degenerate one
     for name, value in expected.items():
         assert result[name] == pytest.approx(value, abs=6e-5), name  # RecBole rounds to 4 decimals
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_the_dropped_output_is_the_carried_state(ml100k, num_layers):
+    """As in the author's code: each layer's output after dropout is both what the next layer (or the scores)
+    reads and the hidden state carried to the next step; without training mode nothing is dropped."""
+    model = model_with(ml100k, dropout_prob_hidden=0.5, num_layers=num_layers).train()
+    items = torch.arange(1, 65)
+    start = torch.randn(num_layers, 64, model.hidden_size, generator=torch.Generator().manual_seed(2)) * 0.1
+    torch.manual_seed(5)
+    output, carried = model.session_step(items, start)
+    torch.testing.assert_close(output, carried[-1], rtol=0, atol=0)
+    model.eval()
+    with torch.no_grad():
+        undropped, undropped_carried = model.session_step(items, start)
+    if num_layers == 1:  # the same GRU update, then dropout: each unit kept (scaled by 1/(1-p)) or zeroed
+        kept = carried[0] != 0
+        torch.testing.assert_close(carried[0][kept], 2 * undropped_carried[0][kept])
+        assert 0.4 < kept.double().mean() < 0.6
+
+
+@pytest.mark.parametrize("loss_type,activation", [
+    ("CE", lambda x: x), ("TOP1", torch.tanh), ("BPR", torch.tanh), ("TOP1-max", torch.tanh),
+    ("BPR-max", lambda x: torch.where(x > 0, x, 0.5 * (torch.exp(x) - 1))),
+])
+def test_the_default_final_activation_is_the_papers_for_each_loss(ml100k, loss_type, activation):
+    """final_activation: auto (the default): linear for CE, tanh for TOP1 / BPR (ICLR 2016), ELU 0.5 for BPR-max."""
+    model = model_with(ml100k, loss_type=loss_type)
+    logits = torch.linspace(-3, 3, 13)[None, :]
+    torch.testing.assert_close(model.scores(logits, torch.arange(1, 14)), activation(logits))

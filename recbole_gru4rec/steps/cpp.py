@@ -99,7 +99,8 @@ class CppTrainingSteps:
             losses, hidden = self.extension.train_steps(
                 dense, list(sums), velocities, input_rows, output_rows, len(self.fused.hidden_layers),
                 self.fused.feedforward is not None, LOSS_CODES[model.loss_type], self.activation, self.elu_alpha,
-                float(model.logq), log_popularity, float(model.dropout_input), float(model.dropout_hidden),
+                float(model.logq), float(model.sample_alpha), log_popularity, float(model.dropout_input),
+                float(model.dropout_hidden),
                 float(group["lr"]), float(group["momentum"]), float(group["eps"]),
                 steps.items[a:b], steps.targets[a:b], steps.carry[a:b], previous_rows[a:b],
                 [bound - a for bound in steps.bounds[first : last + 1]], negatives, hidden,

@@ -33,7 +33,7 @@ struct Settings {
   Loss loss;
   Activation activation;
   double elu_alpha;
-  double logq;
+  double logq, sample_alpha;
   double dropout_input, dropout_hidden;
   float lr, momentum, eps;
 };
@@ -65,7 +65,7 @@ struct RowParameter {
       : weight(tensors[0]), sum(tensors[1]), scratch(tensors[2]), velocity(tensors.size() > 3 ? tensors[3] : Tensor()) {}
 };
 
-// AdagradMomentum's update of n values (adagrad_dense_ / adagrad_rows_): s += g^2; step = g / (sqrt(s) + eps);
+// AdagradMomentum's update of n values (adagrad_dense_ / adagrad_rows_): s += g^2; step = g / sqrt(s + eps);
 // with momentum v = m v + lr step, p -= v; without, p -= lr step.
 void adagrad_update(float* __restrict__ param, float* __restrict__ sum, float* __restrict__ velocity,
                     const float* __restrict__ grad, int64_t n, const Settings& s) {
@@ -75,7 +75,7 @@ void adagrad_update(float* __restrict__ param, float* __restrict__ sum, float* _
     for (int64_t i = 0; i < n; ++i) {
       const float total = sum[i] + grad[i] * grad[i];
       sum[i] = total;
-      velocity[i] = velocity[i] * momentum + lr * (grad[i] / (std::sqrt(total) + eps));
+      velocity[i] = velocity[i] * momentum + lr * (grad[i] / std::sqrt(total + eps));
       param[i] -= velocity[i];
     }
   } else {
@@ -83,7 +83,7 @@ void adagrad_update(float* __restrict__ param, float* __restrict__ sum, float* _
     for (int64_t i = 0; i < n; ++i) {
       const float total = sum[i] + grad[i] * grad[i];
       sum[i] = total;
-      param[i] -= lr * (grad[i] / (std::sqrt(total) + eps));
+      param[i] -= lr * (grad[i] / std::sqrt(total + eps));
     }
   }
 }
@@ -276,7 +276,12 @@ std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& 
   const ColumnIndex index(columns.data_ptr<int64_t>(), columns.size(0), n_items);
   if (s.loss == CROSS_ENTROPY) {  // on linear scores: the gradient on the scores is the one on the logits
     Tensor scores = logits;
-    if (s.logq > 0) scores = logits - s.logq * log_popularity->index_select(0, columns);
+    if (s.logq > 0) {  // GRU4RecPaper.scores: log popularity for the mini-batch's targets, times alpha for the rest
+      Tensor correction = log_popularity->index_select(0, columns);
+      const int64_t in_batch = logits.size(0), width = columns.size(0);
+      if (width > in_batch) correction.narrow(0, in_batch, width - in_batch).mul_(s.sample_alpha);
+      scores = logits - s.logq * correction;
+    }
     return cross_entropy(scores.contiguous(), target, index);
   }
   Tensor scores = logits;
@@ -439,7 +444,9 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   for (int64_t layer = 0; layer < layers; ++layer) {
     caches.push_back(gru_forward(gates, hidden[layer], params.hidden_weight(layer), params.hidden_bias(layer),
                                  new_hidden[layer]));
-    outputs.push_back(hidden_masks[layer].defined() ? new_hidden[layer] * hidden_masks[layer] : new_hidden[layer]);
+    // The dropped output is also the state carried to the next step, as in the author's code.
+    if (hidden_masks[layer].defined()) new_hidden[layer].mul_(hidden_masks[layer]);
+    outputs.push_back(new_hidden[layer]);
     if (layer + 1 < layers) gates = at::addmm(params.upper_bias(layer), outputs.back(), params.upper_weight(layer).t());
   }
   Tensor head = outputs.back();
@@ -502,7 +509,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   return {loss, new_hidden};
 }
 
-// The state a step starts from (carried_hidden): the previous step's state of each row's slot, times carry
+// The state a step starts from (steps/state.py: SessionState.carried): the previous step's state of each row's slot, times carry
 // (0 where the slot's session starts); zero when there is no previous state.
 Tensor carried_hidden(const Tensor& state, const int64_t* previous_rows, const float* carry, int64_t rows,
                       int64_t layers, int64_t size, const at::TensorOptions& options) {
@@ -530,13 +537,13 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
                                        std::vector<Tensor> velocities, std::vector<Tensor> input_rows,
                                        std::vector<Tensor> output_rows, int64_t num_layers, bool feedforward,
                                        int64_t loss, int64_t activation, double elu_alpha, double logq,
-                                       std::optional<Tensor> log_popularity, double dropout_input,
+                                       double sample_alpha, std::optional<Tensor> log_popularity, double dropout_input,
                                        double dropout_hidden, double lr, double momentum, double eps, Tensor items,
                                        Tensor targets, Tensor carry, Tensor previous_rows, std::vector<int64_t> bounds,
                                        std::optional<Tensor> negatives, std::optional<Tensor> hidden) {
   c10::NoGradGuard no_grad;
   const Settings settings{num_layers, feedforward, static_cast<Loss>(loss), static_cast<Activation>(activation),
-                          elu_alpha, logq, dropout_input, dropout_hidden, static_cast<float>(lr),
+                          elu_alpha, logq, sample_alpha, dropout_input, dropout_hidden, static_cast<float>(lr),
                           static_cast<float>(momentum), static_cast<float>(eps)};
   const Parameters params{dense, num_layers};
   RowParameter input(input_rows), output(output_rows);

@@ -123,7 +123,7 @@ class FusedTrainingStep:
             output = state * hidden_masks[layer] if hidden_masks[layer] is not None else state
             caches.append(cache)
             outputs.append(output)
-            new_hidden.append(state)
+            new_hidden.append(output)  # the dropped output is also the carried state, as in the author's code
             if layer + 1 < len(self.hidden_layers):
                 upper = self.upper_input_layers[layer]
                 gates = torch.addmm(upper.bias, output, upper.weight.t())
