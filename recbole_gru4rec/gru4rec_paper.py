@@ -1,9 +1,7 @@
 """GRU4RecPaper: GRU4Rec as in Hidasi et al., ICLR 2016, with the CIKM 2018 extensions, for RecBole.
 
-Reads like RecBole's own model files: options and layers, weight initialisation, the network (one event,
-a whole sequence), then RecBole's contract (``calculate_loss``, ``predict``, ``full_sort_predict``). The GRU
-cell is in gru_cell.py, the losses in losses.py; session-parallel training (the state carried between steps
-and the step backends) lives in ``steps/``.
+Reads like RecBole's own model files: options and layers, initialisation, the network, then RecBole's contract.
+The GRU cell is in gru_cell.py, the losses in losses.py; session-parallel training lives in ``steps/``.
 
 The 1-of-N input is a row gather of the first layer's input weights: multiplying a one-hot vector by a
 matrix selects one of its rows, so the gather computes the same function without building the vector.
@@ -35,6 +33,7 @@ class GRU4RecPaper(SequentialRecommender):
 
         self.hidden_size = config["hidden_size"]
         self.num_layers = config["num_layers"]
+        self.reset_before = config["gru_cell"] == "paper"  # the reset gate on h before the recurrent matrix
         self.embedding_size = config["embedding_size"]
         self.constrained_embedding = config["constrained_embedding"]
         self.ff_hidden_size = config["ff_hidden_size"]
@@ -67,8 +66,7 @@ class GRU4RecPaper(SequentialRecommender):
         self.feedforward = nn.Linear(hidden, self.ff_hidden_size) if self.ff_hidden_size else None
         self._init_weights()
 
-        needs_support = self.n_sample > 0 or self.logq > 0
-        item_support = user_sessions(dataset).item_support(self.n_items) if needs_support else None
+        item_support = user_sessions(dataset).item_support(self.n_items) if self.n_sample or self.logq else None
         self.negatives = ExtraNegatives(item_support, self.n_sample, self.sample_alpha, config["seed"] or 0)
         if self.logq > 0:  # log of the training counts, as the author's code (only differences matter in a softmax)
             self.register_buffer("log_popularity", item_support.double().clamp(min=1).log().float(), persistent=False)
@@ -112,7 +110,8 @@ class GRU4RecPaper(SequentialRecommender):
         gates = self._input_gates(items)
         new_hidden = []
         for layer, hidden_layer in enumerate(self.hidden_layers):
-            output = dropout(gru_cell(gates, hidden[layer], hidden_layer), self.dropout_hidden, self.training)
+            output = dropout(gru_cell(gates, hidden[layer], hidden_layer, self.reset_before), self.dropout_hidden,
+                             self.training)
             new_hidden.append(output)
             if layer + 1 < self.num_layers:
                 gates = self.upper_input_layers[layer](output)

@@ -20,8 +20,9 @@ from recbole_gru4rec.session_data import SESSION_ORDERS
 from recbole_gru4rec.steps import activations
 
 DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "GRU4RecPaper.yaml")
+GRU_CELLS = ("paper", "pytorch")
 LEARNERS = ("adagrad", "adagrad_momentum", "adam", "adamw", "sgd", "rmsprop")
-# Learners whose torch implementation accepts sparse gradients (see GRU4RecPaper.uses_sparse_gradients).
+# Learners whose torch implementation accepts sparse gradients (see sparse_gradients).
 SPARSE_LEARNERS = ("adagrad", "adagrad_momentum", "sgd")
 
 
@@ -84,9 +85,9 @@ def _one_of(choices):
 
 
 # The version of GRU4RecPaper's mechanisms, recorded in every result so that rows trained by older code are told
-# apart (the leaderboard trains them again). 1 (rows without it): eps outside Adagrad's root, the undropped state
-# carried, logQ of normalised popularity on every column, final_activation tanh by default. 2: the author's way
-# for all four (README, Faithfulness).
+# apart (the leaderboard trains them again). 1 (rows without it): PyTorch's GRU cell, eps outside Adagrad's root,
+# the undropped state carried, logQ of normalised popularity on every column, final_activation tanh by default.
+# 2: the paper's GRU cell and the author's way for the other four (README, Faithfulness).
 MECHANISMS = 2
 
 # Options that choose how a step is computed, not what: the updates are the same up to float rounding (tested).
@@ -102,6 +103,7 @@ def without_execution_options(config):
 CHECKS = {
     "hidden_size": _int_at_least(1),
     "num_layers": _int_at_least(1),
+    "gru_cell": _one_of(GRU_CELLS),
     "embedding_size": _int_at_least(0),
     "constrained_embedding": (lambda v: isinstance(v, bool), "True or False"),
     "ff_hidden_size": _int_at_least(0),

@@ -27,6 +27,7 @@ SETTINGS = {
     "BPR-max, two layers, feedforward": {"loss_type": "BPR-max", "num_layers": 2, "ff_hidden_size": 24,
                                          "n_sample": 16, "final_activation": "elu-1"},
     "TOP1-max, momentum": {"loss_type": "TOP1-max", "learner": "adagrad_momentum", "momentum": 0.4, "n_sample": 8},
+    "PyTorch's GRU cell, two layers, dropout": {"gru_cell": "pytorch", "num_layers": 2, "dropout_prob_input": 0.2},
 }
 
 
@@ -101,6 +102,7 @@ CPP_SETTINGS = {
     **COMPILED_SETTINGS,
     "BPR, two layers, momentum, 8 negatives": {"loss_type": "BPR", "num_layers": 2, "learner": "adagrad_momentum",
                                                "momentum": 0.3, "n_sample": 8},
+    "PyTorch's GRU cell, two layers, dropout": SETTINGS["PyTorch's GRU cell, two layers, dropout"],
 }
 
 

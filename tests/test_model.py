@@ -28,7 +28,8 @@ def copy_into_torch_gru(model):
 
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_row_gather_equals_one_hot_times_weights(ml100k, num_layers):
-    model = model_with(ml100k, num_layers=num_layers).eval()
+    """With gru_cell: pytorch the network is torch.nn.GRU fed real one-hot vectors."""
+    model = model_with(ml100k, num_layers=num_layers, gru_cell="pytorch").eval()
     gru = copy_into_torch_gru(model)
     generator = torch.Generator().manual_seed(3)
     lengths = torch.randint(1, 9, (16,), generator=generator)
@@ -106,11 +107,12 @@ def test_final_activations(name, value, expected):
     assert activations.apply(name, torch.tensor(value)).item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("reset_before", [True, False], ids=["paper", "pytorch"])
 @pytest.mark.parametrize("hidden_needs_grad", [False, True])
-def test_gru_cell_backward_matches_numerical_derivatives(hidden_needs_grad):
+def test_gru_cell_backward_matches_numerical_derivatives(hidden_needs_grad, reset_before):
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randn(4, 3 * 5, generator=generator, dtype=torch.float64, requires_grad=True),
               torch.randn(4, 5, generator=generator, dtype=torch.float64, requires_grad=hidden_needs_grad),
               torch.randn(3 * 5, 5, generator=generator, dtype=torch.float64, requires_grad=True),
               torch.randn(3 * 5, generator=generator, dtype=torch.float64, requires_grad=True)]
-    assert torch.autograd.gradcheck(GRUCell.apply, inputs)
+    assert torch.autograd.gradcheck(lambda *tensors: GRUCell.apply(*tensors, reset_before), inputs)

@@ -73,7 +73,8 @@ def reference_scores(model, sequence, embedding):
                                      {"constrained_embedding": True, "ff_hidden_size": 40},
                                      {"embedding_size": 16, "ff_hidden_size": 32}])
 def test_embeddings_and_feedforward_compute_the_papers_network(ml100k, options):
-    model = model_with(ml100k, dropout_prob_hidden=0.0, **options)
+    # The recurrence is torch.nn.GRUCell here (the GRU's own form: test_the_gru_is_the_papers_*).
+    model = model_with(ml100k, dropout_prob_hidden=0.0, gru_cell="pytorch", **options)
     with torch.no_grad():
         model.output_bias.uniform_(-0.1, 0.1)  # zero at start; give it a part in the comparison
         model.input_layer.bias.uniform_(-0.1, 0.1)
@@ -135,3 +136,39 @@ def test_the_default_final_activation_is_the_papers_for_each_loss(ml100k, loss_t
     model = model_with(ml100k, loss_type=loss_type)
     logits = torch.linspace(-3, 3, 13)[None, :]
     torch.testing.assert_close(model.scores(logits, torch.arange(1, 14)), activation(logits))
+
+
+def papers_gru_scores(model, sequence):
+    """All items' scores after ``sequence`` by the ICLR 2016 paper's GRU (eq. 2-5), written with plain tensor
+    operations on the model's weights. The paper's update gate weighs the candidate; the model's weighs the old
+    state (PyTorch's layout): the same family of functions, z_paper = 1 - z."""
+    size = model.hidden_size
+    w_input, b_input = model.input_layer.weight, model.input_bias  # one-hot input: W x is a row of the table
+    u, b_hidden = model.hidden_layers[0].weight, model.hidden_layers[0].bias
+    h = torch.zeros(size)
+    for item in sequence:
+        wx = w_input[item] + b_input
+        r = torch.sigmoid(wx[:size] + u[:size] @ h + b_hidden[:size])
+        z = 1 - torch.sigmoid(wx[size : 2 * size] + u[size : 2 * size] @ h + b_hidden[size : 2 * size])
+        candidate = torch.tanh(wx[2 * size :] + u[2 * size :] @ (r * h) + b_hidden[2 * size :])  # r on h, then U
+        h = (1 - z) * h + z * candidate
+    return model.output_weights.weight @ h + model.output_bias
+
+
+def test_the_gru_is_the_papers_reset_before_the_recurrent_matrix(ml100k):
+    model = model_with(ml100k, dropout_prob_hidden=0.0)  # gru_cell: paper, the default
+    with torch.no_grad():
+        model.hidden_layers[0].bias.uniform_(-0.5, 0.5)  # zero at start: give the biases a part
+        model.input_bias.uniform_(-0.5, 0.5)
+    sequence = [3, 90, 3, 512, 44, 7]
+    interaction = Interaction({model.ITEM_SEQ: torch.tensor([sequence]), model.ITEM_SEQ_LEN: torch.tensor([6])})
+    # Forward: the model's scores equal the paper's equations.
+    ours = model.full_sort_predict(interaction)[0]
+    reference = papers_gru_scores(model, sequence)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    # Backward through time: the gradients of a loss on those scores agree for every weight.
+    weights = [model.input_layer.weight, model.input_bias, model.hidden_layers[0].weight, model.hidden_layers[0].bias]
+    ours_grads = torch.autograd.grad(ours[[5, 17, 300]].sum(), weights)
+    reference_grads = torch.autograd.grad(reference[[5, 17, 300]].sum(), weights)
+    for ours_grad, reference_grad in zip(ours_grads, reference_grads):
+        torch.testing.assert_close(ours_grad.to_dense(), reference_grad.to_dense(), rtol=1e-4, atol=1e-6)

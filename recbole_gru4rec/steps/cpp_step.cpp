@@ -29,7 +29,7 @@ enum Activation { LINEAR = 0, TANH = 1, ELU = 2 };
 
 struct Settings {
   int64_t num_layers;
-  bool feedforward;
+  bool feedforward, reset_before;
   Loss loss;
   Activation activation;
   double elu_alpha;
@@ -321,13 +321,45 @@ Tensor gather_rows(const Tensor& table, const int64_t* rows, int64_t n, const fl
 }
 
 struct LayerCache {
-  Tensor hidden, reset_update, candidate, hidden_gates;
+  Tensor hidden, reset_update, candidate, hidden_gates;  // hidden_gates: PyTorch's variant only
+  Tensor reset_hidden;  // r * h: the paper's form only
 };
+
+// The new state (1 - z) n + z h into ``state``, torch.lerp's two-sided formula, as gru_cell.gru_forward.
+void mix_state(const Tensor& reset_update, const Tensor& candidate, const Tensor& hidden, Tensor& state) {
+  const int64_t rows = hidden.size(0), size = hidden.size(1);
+  const float* ru = reset_update.data_ptr<float>();
+  const float* n = candidate.data_ptr<float>();
+  const float* h = hidden.data_ptr<float>();
+  float* __restrict__ out = state.data_ptr<float>();
+  for (int64_t b = 0; b < rows; ++b) {
+#pragma omp simd
+    for (int64_t j = 0; j < size; ++j) {
+      const int64_t k = b * size + j;
+      const float update = ru[b * 2 * size + size + j], difference = h[k] - n[k];
+      out[k] = std::abs(update) < 0.5f ? n[k] + update * difference : h[k] - difference * (1 - update);
+    }
+  }
+}
+
+// One GRU step in the paper's form (gru_cell.gru_forward with reset_before): n = tanh(W_n x + U_n (r * h) + b_n).
+LayerCache gru_forward_paper(const Tensor& input_gates, const Tensor& hidden, const Tensor& weight, const Tensor& bias,
+                             Tensor state) {
+  const int64_t size = hidden.size(1);
+  Tensor reset_update = at::addmm(bias.narrow(0, 0, 2 * size), hidden, weight.narrow(0, 0, 2 * size).t());
+  reset_update.add_(input_gates.narrow(1, 0, 2 * size)).sigmoid_();
+  Tensor reset_hidden = reset_update.narrow(1, 0, size) * hidden;
+  Tensor candidate = at::addmm(bias.narrow(0, 2 * size, size), reset_hidden, weight.narrow(0, 2 * size, size).t());
+  candidate.add_(input_gates.narrow(1, 2 * size, size)).tanh_();
+  mix_state(reset_update, candidate, hidden, state);
+  return {hidden, reset_update, candidate, Tensor(), reset_hidden};
+}
 
 // One GRU step (gru_cell.gru_forward) from the input gates W_i x + b_i (B, 3H): writes the new state into
 // ``state`` (B, H) and returns what the backward needs.
 LayerCache gru_forward(const Tensor& input_gates, const Tensor& hidden, const Tensor& weight, const Tensor& bias,
-                       Tensor state) {
+                       Tensor state, bool reset_before) {
+  if (reset_before) return gru_forward_paper(input_gates, hidden, weight, bias, state);
   const int64_t rows = hidden.size(0), size = hidden.size(1);
   Tensor hidden_gates = at::addmm(bias, hidden, weight.t());
   Tensor reset_update = at::empty({rows, 2 * size}, hidden.options());
@@ -354,18 +386,8 @@ LayerCache gru_forward(const Tensor& input_gates, const Tensor& hidden, const Te
     }
   }
   candidate.tanh_();
-  const float* n = candidate.data_ptr<float>();
-  const float* h = hidden.data_ptr<float>();
-  float* __restrict__ out = state.data_ptr<float>();
-  for (int64_t b = 0; b < rows; ++b) {
-#pragma omp simd
-    for (int64_t j = 0; j < size; ++j) {  // torch.lerp(candidate, hidden, update), with torch's two-sided formula
-      const int64_t k = b * size + j;
-      const float update = ru[b * 2 * size + size + j], difference = h[k] - n[k];
-      out[k] = std::abs(update) < 0.5f ? n[k] + update * difference : h[k] - difference * (1 - update);
-    }
-  }
-  return {hidden, reset_update, candidate, hidden_gates};
+  mix_state(reset_update, candidate, hidden, state);
+  return {hidden, reset_update, candidate, hidden_gates, Tensor()};
 }
 
 struct GateGradients {
@@ -373,9 +395,32 @@ struct GateGradients {
   Tensor input_gates_sum, hidden_gates_sum;  // their sums over the rows: the bias gradients
 };
 
+// The paper's form of gru_backward (gru_cell.gru_backward with reset_before, without the hidden-state gradient):
+// the reset gate's gradient goes back through U_n onto r * h. The gate gradients of both sides are the same.
+GateGradients gru_backward_paper(const Tensor& grad_state, const LayerCache& cache, const Tensor& weight) {
+  const int64_t size = cache.hidden.size(1);
+  Tensor reset = cache.reset_update.narrow(1, 0, size), update = cache.reset_update.narrow(1, size, size);
+  const Tensor& n = cache.candidate;
+  Tensor grad_candidate = grad_state * (1 - update) * (1 - n * n);
+  Tensor grad_update = grad_state * (cache.hidden - n) * update * (1 - update);
+  Tensor grad_reset = at::mm(grad_candidate, weight.narrow(0, 2 * size, size)) * cache.hidden * reset * (1 - reset);
+  Tensor gates = at::cat({grad_reset, grad_update, grad_candidate}, 1);
+  Tensor sums = gates.sum(0);
+  return {gates, gates, sums, sums};
+}
+
+// W_hh's gradient from the gate gradients: every block reads h, but the paper's candidate block reads r * h.
+Tensor hidden_weight_grad(const GateGradients& grads, const LayerCache& cache) {
+  if (!cache.reset_hidden.defined()) return at::mm(grads.hidden_gates.t(), cache.hidden);
+  const int64_t size = cache.hidden.size(1);
+  return at::cat({at::mm(grads.hidden_gates.narrow(1, 0, 2 * size).t(), cache.hidden),
+                  at::mm(grads.hidden_gates.narrow(1, 2 * size, size).t(), cache.reset_hidden)}, 0);
+}
+
 // One GRU step's backward (gru_cell.gru_backward without the hidden-state gradient), from the gradient on the
 // new state (B, H).
-GateGradients gru_backward(const Tensor& grad_state, const LayerCache& cache) {
+GateGradients gru_backward(const Tensor& grad_state, const LayerCache& cache, const Tensor& weight) {
+  if (cache.reset_hidden.defined()) return gru_backward_paper(grad_state, cache, weight);
   const int64_t rows = cache.hidden.size(0), size = cache.hidden.size(1);
   const auto options = cache.hidden.options();
   GateGradients out{at::empty({rows, 3 * size}, options), at::empty({rows, 3 * size}, options),
@@ -443,7 +488,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   std::vector<Tensor> outputs;
   for (int64_t layer = 0; layer < layers; ++layer) {
     caches.push_back(gru_forward(gates, hidden[layer], params.hidden_weight(layer), params.hidden_bias(layer),
-                                 new_hidden[layer]));
+                                 new_hidden[layer], s.reset_before));
     // The dropped output is also the state carried to the next step, as in the author's code.
     if (hidden_masks[layer].defined()) new_hidden[layer].mul_(hidden_masks[layer]);
     outputs.push_back(new_hidden[layer]);
@@ -488,8 +533,8 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     GateGradients gate_grads;
     for (int64_t layer = layers - 1; layer >= 0; --layer) {
       Tensor grad_state = hidden_masks[layer].defined() ? grad_output * hidden_masks[layer] : grad_output.contiguous();
-      gate_grads = gru_backward(grad_state, caches[layer]);
-      grads[params.hidden_weight_at(layer)] = at::mm(gate_grads.hidden_gates.t(), caches[layer].hidden);
+      gate_grads = gru_backward(grad_state, caches[layer], params.hidden_weight(layer));
+      grads[params.hidden_weight_at(layer)] = hidden_weight_grad(gate_grads, caches[layer]);
       grads[params.hidden_weight_at(layer) + 1] = gate_grads.hidden_gates_sum;
       if (layer > 0) {
         grads[params.upper_weight_at(layer - 1)] = at::mm(gate_grads.input_gates.t(), outputs[layer - 1]);
@@ -536,13 +581,14 @@ Tensor carried_hidden(const Tensor& state, const int64_t* previous_rows, const f
 std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Tensor> sums,
                                        std::vector<Tensor> velocities, std::vector<Tensor> input_rows,
                                        std::vector<Tensor> output_rows, int64_t num_layers, bool feedforward,
+                                       bool reset_before,
                                        int64_t loss, int64_t activation, double elu_alpha, double logq,
                                        double sample_alpha, std::optional<Tensor> log_popularity, double dropout_input,
                                        double dropout_hidden, double lr, double momentum, double eps, Tensor items,
                                        Tensor targets, Tensor carry, Tensor previous_rows, std::vector<int64_t> bounds,
                                        std::optional<Tensor> negatives, std::optional<Tensor> hidden) {
   c10::NoGradGuard no_grad;
-  const Settings settings{num_layers, feedforward, static_cast<Loss>(loss), static_cast<Activation>(activation),
+  const Settings settings{num_layers, feedforward, reset_before, static_cast<Loss>(loss), static_cast<Activation>(activation),
                           elu_alpha, logq, sample_alpha, dropout_input, dropout_hidden, static_cast<float>(lr),
                           static_cast<float>(momentum), static_cast<float>(eps)};
   const Parameters params{dense, num_layers};

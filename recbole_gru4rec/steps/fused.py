@@ -119,7 +119,7 @@ class FusedTrainingStep:
         gates = input_rows_of_items + model.input_bias
         caches, outputs, new_hidden = [], [], []
         for layer, hidden_layer in enumerate(self.hidden_layers):
-            state, cache = gru_forward(gates, hidden[layer], hidden_layer.weight, hidden_layer.bias)
+            state, cache = gru_forward(gates, hidden[layer], hidden_layer.weight, hidden_layer.bias, model.reset_before)
             output = state * hidden_masks[layer] if hidden_masks[layer] is not None else state
             caches.append(cache)
             outputs.append(output)
@@ -150,7 +150,7 @@ class FusedTrainingStep:
             grad_state = grad_output * hidden_masks[layer] if hidden_masks[layer] is not None else grad_output
             # The incoming hidden state is a constant (carried from the previous step, detached).
             grad_gates, _, grads[hidden_layer.weight], grads[hidden_layer.bias] = gru_backward(
-                grad_state, caches[layer], hidden_layer.weight, needs_hidden_grad=False
+                grad_state, caches[layer], hidden_layer.weight, needs_hidden_grad=False, reset_before=model.reset_before
             )
             if layer > 0:
                 upper = self.upper_input_layers[layer - 1]
