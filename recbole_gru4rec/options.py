@@ -123,7 +123,7 @@ CHECKS = {
     "train_batch_size": _int_at_least(1),
     "fused_step": (lambda v: isinstance(v, bool), "True or False"),
     "compile_step": (lambda v: isinstance(v, bool), "True or False"),
-    "cpp_step": (lambda v: isinstance(v, bool), "True or False"),
+    "cpp_step": (lambda v: isinstance(v, bool) or v == "auto", "auto, True or False"),
 }
 
 
@@ -171,8 +171,10 @@ def validate_execution(config):
     """Raise :class:`OptionError` when an execution option asks for what this machine or setting lacks."""
     if config["compile_step"]:
         _check_compile_step(config)
-    if config["cpp_step"]:
-        _check_cpp_step(config)
+    if config["cpp_step"] is True:
+        reason = cpp_step_unavailable(config)
+        if reason is not None:
+            raise OptionError(f"GRU4RecPaper option cpp_step=True cannot be used: {reason}; set cpp_step: auto or False")
 
 
 def _check_compile_step(config):
@@ -189,24 +191,33 @@ def _check_compile_step(config):
         )
 
 
-def _check_cpp_step(config):
+def cpp_step_unavailable(config):
+    """Why the C++ step cannot train here (a phrase naming the option or what is missing), or None when it can.
+
+    ``cpp_step: True`` makes the reason an error before training; ``auto`` trains with the fused step instead.
+    """
     if not config["fused_step"]:
-        raise OptionError("GRU4RecPaper option cpp_step=True runs the fused step in C++: it needs fused_step: True")
+        return "fused_step: False (the C++ step is the fused step in C++)"
     if config["compile_step"]:
-        raise OptionError("GRU4RecPaper options cpp_step=True and compile_step=True exclude each other: choose one")
+        return "compile_step: True (the two exclude each other)"
     if not _on_cpu(config):
-        raise OptionError(f"GRU4RecPaper option cpp_step=True trains on the CPU, not on device {config['device']}: "
-                          "set cpp_step: False (or compile_step: True) there")
-    _check_compiler("cpp_step")
+        return f"device {config['device']} (the C++ step trains on the CPU)"
+    if shutil.which(_compiler()) is None:
+        return f"no C++ compiler: {_compiler()!r} (set by $CXX) is not on PATH"
+    return None
 
 
 def _on_cpu(config):
     return str(config["device"] or "cpu").startswith("cpu")
 
 
-def _check_compiler(option):
+def _compiler():
     # Built with $CXX, else g++ (clang++ on macOS), as torch does.
-    compiler = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    return os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+
+
+def _check_compiler(option):
+    compiler = _compiler()
     if shutil.which(compiler) is None:
         raise OptionError(
             f"GRU4RecPaper option {option}=True needs a C++ compiler on CPU: {compiler!r} (set by $CXX) is not on "

@@ -3,6 +3,7 @@ backends of ``steps/``, under the run rules of :class:`~recbole_gru4rec.run_cont
 
 import functools
 import math
+import subprocess
 
 from recbole.trainer import Trainer
 from recbole.utils import set_color
@@ -106,17 +107,28 @@ class SessionParallelEpochs(Trainer):
             if reason is None:
                 self.fused_training_step = self._build_fused_step()
             elif reason != self.unfused_reason:
-                unused = [name for name in EXECUTION_OPTIONS if self.config[name]]
+                unused = [name for name in EXECUTION_OPTIONS if self.config[name] is True]  # asked for, not auto
                 self.logger.info(f"{' and '.join(unused)}: not used, training with autograd because of {reason}")
             self.unfused_reason = reason
         return self.fused_training_step
 
     def _build_fused_step(self):
-        """The fused step the options ask for: in C++ (``cpp_step``, for the losses it covers), compiled or plain."""
-        if self.config["cpp_step"]:
+        """The fused step the options ask for: in C++ (``cpp_step`` True, or ``auto`` where it can run and covers the
+        loss), else compiled or plain; the log says which, and why not C++."""
+        cpp_step = self.config["cpp_step"]
+        if cpp_step:
             reason = uncovered_reason(self.model)
+            if reason is None and cpp_step == "auto":
+                reason = options.cpp_step_unavailable(self.config)
             if reason is None:
-                return CppTrainingSteps(self.model, self.optimizer, self.session_state)
+                try:
+                    steps = CppTrainingSteps(self.model, self.optimizer, self.session_state)
+                    self.logger.info(f"training step: the C++ step (cpp_step: {cpp_step})")
+                    return steps
+                except (OSError, RuntimeError, ImportError, subprocess.CalledProcessError) as error:
+                    if cpp_step is True:
+                        raise
+                    reason = f"its build failing ({' '.join(str(error).split())[:200]})"
             self.logger.info(f"cpp_step: not used, training with the fused step in Python because of {reason}")
         return FusedTrainingStep(self.model, self.optimizer, self.session_state, self.config["compile_step"])
 

@@ -38,7 +38,9 @@ def tiny(tmp_path_factory):
 
 
 def train_one_epoch(tiny, fused, **options):
-    """A trainer after one epoch of batch-8 steps, and the loss of each step."""
+    """A trainer after one epoch of batch-8 steps, and the loss of each step (the fused step in Python unless
+    ``cpp_step=True`` is given)."""
+    options.setdefault("cpp_step", False)
     config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny, train_batch_size=8, fused_step=fused,
                                    hidden_size=16, **options)
     init_seed(config["seed"], True)
@@ -172,12 +174,36 @@ def test_settings_it_does_not_cover_train_with_autograd_and_say_why(tiny, caplog
     assert said[0].startswith("fused_step and compile_step: not used" if options.get("compile_step") else "fused_step: not used")
 
 
-def test_the_trainer_trains_with_the_fused_step_by_default(tiny, monkeypatch):
+def test_without_the_cpp_step_the_trainer_trains_every_step_with_the_fused_step(tiny, monkeypatch):
     calls = []
     original = FusedTrainingStep.__call__
     monkeypatch.setattr(FusedTrainingStep, "__call__", lambda self, step: calls.append(1) or original(self, step))
-    config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny)
+    config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny, cpp_step=False)
     trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
     loader = SessionParallelDataLoader(config, train._dataset)
     trainer._train_epoch(loader, 0)
     assert len(calls) == len(loader) > 0
+
+
+@pytest.mark.parametrize("options,expected,said", [
+    ({}, CppTrainingSteps, "training step: the C++ step (cpp_step: auto)"),
+    ({"loss_type": "BPR-max"}, FusedTrainingStep, "because of loss_type: BPR-max, final_activation: elu-0.5"),
+    ({"compile_step": True}, FusedTrainingStep, "because of compile_step: True"),
+    ({"embedding_size": 8}, type(None), "training with autograd because of embedding_size > 0"),
+    ({"no_compiler": True}, FusedTrainingStep, "because of no C++ compiler: 'no-such-compiler-here'"),
+])
+def test_cpp_step_auto_picks_the_fastest_path_that_can_run_and_says_which(tiny, caplog, monkeypatch, options, expected,
+                                                                          said):
+    """cpp_step: auto (the default): the C++ step where a compiler is found and the loss is covered, else the fused
+    step in Python (compiled if asked), else autograd; one log line says which and why."""
+    if expected is CppTrainingSteps and NO_COMPILER:
+        pytest.skip("no C++ compiler here")
+    if options.pop("no_compiler", False):
+        monkeypatch.setenv("CXX", "no-such-compiler-here")
+    config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny, hidden_size=16, **options)
+    assert config["cpp_step"] == "auto"
+    trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
+    with caplog.at_level(logging.INFO):
+        step = trainer._fused_step()
+    assert type(step) is expected
+    assert any(said in record.getMessage() for record in caplog.records), [r.getMessage() for r in caplog.records]

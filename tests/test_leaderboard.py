@@ -32,7 +32,7 @@ def test_two_models_one_epoch_on_ml100k(tmp_path):
         assert row["train_seconds_per_epoch"] > 0 and row["train_events_per_second"] > 0 and row["peak_rss_mb"] > 0
         assert set(row["best_valid_result"]) == set(row["test_result"])
     assert rows[0]["config"]["loss_type"] == "BPR"  # the entry's own file reached the run
-    assert rows[0]["execution"] == {"fused_step": True, "compile_step": False, "cpp_step": False} and "fused_step" not in rows[0]["config"]
+    assert rows[0]["execution"] == {"fused_step": True, "compile_step": False, "cpp_step": "auto"} and "fused_step" not in rows[0]["config"]
     assert header["protocol"]["seed"] == 2020 and header["protocol"]["MAX_ITEM_LIST_LENGTH"] == 50
     assert header["machine"]["cpu_cores"] >= 1 and header["versions"]["recbole"] == "1.2.1"
     table = (tmp_path / "out" / "leaderboard-ml-100k.md").read_text()

@@ -193,7 +193,7 @@ def test_serving_a_checkpoint_needs_no_compiler(tiny, tmp_path, monkeypatch):
     checkpoint["config"]["cpp_step"] = checkpoint["config"].external_config_dict["cpp_step"] = True  # as if trained so
     torch.save(checkpoint, result["checkpoint"])
     monkeypatch.setenv("CXX", "no-such-compiler-here")
-    with pytest.raises(OptionError, match="cpp_step=True needs a C\\+\\+ compiler"):
+    with pytest.raises(OptionError, match="cpp_step=True cannot be used: no C\\+\\+ compiler"):
         pipeline.run("GRU4RecPaper", "tiny", overrides=settings(tiny, tmp_path, epochs=1, cpp_step=True))
     assert len(Recommender(result["checkpoint"]).for_user("1", topk=5)) == 5
     config, model, _, _, _, _ = load_data_and_model(result["checkpoint"])

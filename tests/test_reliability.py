@@ -206,14 +206,14 @@ def test_compile_step_needs_the_fused_step_and_a_code_generator(monkeypatch):
 def test_cpp_step_needs_the_fused_step_the_cpu_and_a_compiler(monkeypatch):
     config = dict(options.load_defaults(), enable_amp=False, single_spec=True, weight_decay=0.0, device="cpu",
                   cpp_step=True)
-    with pytest.raises(options.OptionError, match=r"cpp_step=True runs the fused step in C\+\+: it needs fused_step: True"):
+    with pytest.raises(options.OptionError, match=r"cpp_step=True cannot be used: fused_step: False"):
         options.validate_execution(dict(config, fused_step=False))
-    with pytest.raises(options.OptionError, match="cpp_step=True and compile_step=True exclude each other"):
+    with pytest.raises(options.OptionError, match="cpp_step=True cannot be used: compile_step: True"):
         options.validate_execution(dict(config, compile_step=True))
-    with pytest.raises(options.OptionError, match="cpp_step=True trains on the CPU, not on device cuda"):
+    with pytest.raises(options.OptionError, match="cpp_step=True cannot be used: device cuda"):
         options.validate_execution(dict(config, device="cuda"))
     monkeypatch.setenv("CXX", "no-such-compiler-here")
-    with pytest.raises(options.OptionError, match=r"cpp_step=True needs a C\+\+ compiler on CPU: 'no-such-compiler-here'"):
+    with pytest.raises(options.OptionError, match=r"cpp_step=True cannot be used: no C\+\+ compiler: 'no-such-compiler-here'"):
         options.validate_execution(config)
 
 
@@ -243,6 +243,8 @@ def cases_from_the_documented_range(kind, rest):
         return [1e-9, 3], [0, -0.5, "0.1"]
     if kind == "bool":
         return [True, False], [1, "True", None]
+    if kind == "auto | bool":
+        return [True, False, "auto"], [1, "True", "Auto", None]
     if kind == "str":  # "a | b: what b does | elu-<alpha>, ..." lists the choices
         choices = [part.split()[0].rstrip(":,.") for part in rest.split("|")]
         good = [choice.replace("<alpha>", "0.5") for choice in choices]
