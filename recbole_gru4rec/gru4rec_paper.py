@@ -140,9 +140,8 @@ class GRU4RecPaper(SequentialRecommender):
         return torch.addmm(self.output_bias[items], output, self.output_weights(items).T)
 
     def scores(self, logits, columns):
-        """The scores a loss ranks: the final activation of the logits, then for CE with ``logq`` minus logq * log Q,
-        Q how a column came to be sampled: popularity for the mini-batch's targets (the first ``len(logits)``
-        columns), popularity^sample_alpha for the extra negatives (CIKM 2018's logQ, as the author's code)."""
+        """The activated logits, minus logq * log Q for CE's logQ (CIKM 2018, as the author's code): Q is the popularity
+        of the mini-batch's targets (the first ``len(logits)`` columns), popularity^sample_alpha of the extra ones."""
         scores = activations.apply(self.activation_name, logits)
         if self.logq > 0:
             correction = self.log_popularity[columns]
@@ -175,10 +174,7 @@ class GRU4RecPaper(SequentialRecommender):
         return (output * self.output_weights(items)).sum(1) + self.output_bias[items]
 
     def full_sort_predict(self, interaction):
-        """Scores of all items after each sequence: (batch, n_items).
-
-        The final activation is strictly increasing, so the pre-activation scores rank items the same way,
-        without the ties that a saturated tanh would create.
-        """
+        """Scores of all items after each sequence, (batch, n_items): pre-activation, as the final activation is
+        strictly increasing: the same ranking, without the ties of a saturated tanh."""
         output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         return output @ self.output_weights.weight.T + self.output_bias
