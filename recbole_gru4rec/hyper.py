@@ -19,7 +19,7 @@ import math
 import os
 import time
 
-from recbole_gru4rec import checks, options, pipeline, registry
+from recbole_gru4rec import checks, compat, options, pipeline, registry
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.quick_start import objective_function
 
@@ -140,12 +140,7 @@ def run_trial(fixed, files, params, values):
     chosen = {param.name: param.cast(values[param.name]) for param in params}
     start = time.perf_counter()
     result = objective_function({**fixed, **chosen}, files)
-    return _plain(chosen), result, time.perf_counter() - start
-
-
-def _plain(values):
-    """Sampled values as JSON numbers, strings and lists (hyperopt hands out numpy scalars)."""
-    return json.loads(json.dumps(values, default=lambda value: value.item()))
+    return compat.plain(chosen), result, time.perf_counter() - start  # hyperopt hands out numpy scalars
 
 
 def hyperopt_search(fixed, files, params, log, algo, max_evals):
