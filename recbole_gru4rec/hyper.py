@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import uuid
 
 from recbole_gru4rec import checks, compat, options, pipeline, registry
 from recbole_gru4rec.errors import UsageError
@@ -138,8 +139,10 @@ class TrialLog:
 def run_trial(fixed, files, params, values):
     """One trial: ``values`` (name -> sampled value) over the ``fixed`` config; returns (params, result, seconds)."""
     chosen = {param.name: param.cast(values[param.name]) for param in params}
+    # A folder of its own: RecBole names a checkpoint by model and second, and Ray starts trials side by side.
+    folder = os.path.join(str(fixed.get("checkpoint_dir", "saved")), f"trial-{uuid.uuid4().hex[:12]}")
     start = time.perf_counter()
-    result = objective_function({**fixed, **chosen}, files)
+    result = objective_function({**fixed, **chosen, "checkpoint_dir": folder}, files)
     return compat.plain(chosen), result, time.perf_counter() - start  # hyperopt hands out numpy scalars
 
 

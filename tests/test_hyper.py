@@ -155,3 +155,13 @@ def test_ray_search_on_a_ray_cluster_matches_hyperopt(tmp_path, ray_cluster):
     for learning_rate, trial in runs["ray"].items():
         assert trial["test_result"] == runs["hyperopt"][learning_rate]["test_result"]
         assert trial["best_valid_score"] == runs["hyperopt"][learning_rate]["best_valid_score"]
+
+
+def test_each_trial_keeps_its_checkpoints_in_a_folder_of_its_own(monkeypatch):
+    """Two trials started in the same second (Ray runs them side by side) must not write the same file."""
+    folders = []
+    monkeypatch.setattr(hyper, "objective_function", lambda config, files: folders.append(config["checkpoint_dir"]) or {})
+    params = [hyper.Param("learning_rate", "choice", [0.01])]
+    for _ in range(2):
+        hyper.run_trial({"model": "GRU4RecPaper", "checkpoint_dir": "/x/saved"}, [], params, {"learning_rate": 0.01})
+    assert len(set(folders)) == 2 and all(folder.startswith("/x/saved/trial-") for folder in folders)
