@@ -27,13 +27,12 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
-from recbole_gru4rec import GRU4RecPaper, SessionParallelTrainer, pipeline  # noqa: E402
+from recbole_gru4rec import GRU4RecPaper, SessionParallelTrainer, per_user, pipeline  # noqa: E402
 from recbole_gru4rec.session_data import user_sessions  # noqa: E402
 
 COMMON_AUTHOR = {"layers": [100], "batch_size": 64, "learning_rate": 0.05, "momentum": 0.0, "dropout_p_embed": 0.0,
@@ -145,10 +144,7 @@ def compare(ours, authors):
     for metric in ("ndcg@10", "recall@20"):
         a = np.mean([run[metric] for run in ours], axis=0)
         b = np.mean([run[metric] for run in authors], axis=0)
-        difference = a - b
-        out[metric] = {"ours": float(a.mean()), "author": float(b.mean()), "difference": float(difference.mean()),
-                       "standard_error": float(difference.std(ddof=1) / math.sqrt(len(difference))),
-                       "p_value": float(stats.ttest_rel(a, b).pvalue), "users": len(difference)}
+        out[metric] = dict(per_user.paired_test(a, b), ours=float(a.mean()), author=float(b.mean()))
     return out
 
 

@@ -13,9 +13,10 @@ from recbole_gru4rec.run_control import NonFiniteLossError, TrainingInterrupted
 
 USAGE = """usage: python run.py [--model=GRU4RecPaper] [--dataset=ml-100k] [--config_files=a.yaml,b.yaml]
                      [--data_path=DIR] [--result_file=PATH] [--time_budget_min=N] [--resume=LAST.pth]
-                     [--saved=true] [--KEY=VALUE ...]
+                     [--saved=true] [--per_user_file=PATH.npz] [--KEY=VALUE ...]
        python run.py --leaderboard --dataset=DATASET --models=MODEL[:CONFIG.yaml],... [--config_files=...]
-                     [--time_budget_min=N] [--output_dir=results] [--rerun=false] [--KEY=VALUE ...]
+                     [--seeds=S,S,... | --n_seeds=N] [--time_budget_min=N] [--output_dir=results]
+                     [--rerun=false] [--shared_cores=false] [--KEY=VALUE ...]
        python run.py recommend --checkpoint=PATH (--user=ID | --history=ID,ID | --history-titles=T,T |
                      --users-file=FILE) [--topk=10] [--exclude-seen=true|false] [--json]
        python run.py hyper --params_file=FILE [--model=GRU4RecPaper] [--dataset=ml-100k] [--tool=hyperopt|ray]
@@ -28,9 +29,12 @@ evaluates it on test and prints the results. Any RecBole config key can be set w
 --time_budget_min stops training after the first epoch that ends past N minutes. Every epoch end writes
 saved/MODEL-TIME-last.pth; after a kill or Ctrl-C, the same command plus --resume=that file continues the run.
 --saved=false writes no checkpoint (the test metrics are then those of the last epoch, not of the best one).
+--per_user_file writes each test user's metrics (compressed numpy arrays), for paired tests between runs.
 --leaderboard trains each listed model in turn under the same protocol (CONFIG.yaml: that model's own
-hyperparameters) and writes OUTPUT_DIR/leaderboard-DATASET.json, .md and .png after each one; run again, it
-skips finished rows and resumes an unfinished one.
+hyperparameters), once per seed (--seeds, or --n_seeds from the protocol's seed on), and writes
+OUTPUT_DIR/leaderboard-DATASET.json, .md and .png after each run: mean and standard deviation over seeds, and
+a paired test over users against the best GRU4RecPaper entry; run again, it skips finished runs and resumes
+an unfinished one. --shared_cores=true marks the time columns of its runs as taken while other work ran.
 `recommend` prints the next movies a trained sequential model predicts (python run.py recommend --help).
 `hyper` searches the space of a RecBole params file (one trial = one run as above, chosen on validation) with
 RecBole's HyperTuning or with Ray Tune on a Ray cluster; OUTPUT_DIR/trials.jsonl grows as trials finish,
@@ -63,7 +67,7 @@ def parse_args(argv):
     """Split ``--key=value`` arguments into our flags and RecBole config overrides (values stay strings)."""
     flags, overrides = split_flags(argv, {"model": "GRU4RecPaper", "dataset": "ml-100k", "config_files": "",
                                           "result_file": None, "time_budget_min": None, "resume": None,
-                                          "saved": "true"})
+                                          "saved": "true", "per_user_file": None})
     flags["config_files"] = [path for path in flags["config_files"].split(",") if path]
     flags["saved"] = boolean_flag("saved", flags["saved"])
     if flags["resume"] is not None and not flags["saved"]:
@@ -174,8 +178,11 @@ def leaderboard_main(argv):
     from recbole_gru4rec.leaderboard.runner import LeaderboardStopped, run_leaderboard
 
     flags, overrides = split_flags(argv, {"dataset": "ml-100k", "models": None, "config_files": "",
-                                          "time_budget_min": None, "output_dir": "results", "rerun": "false"},
+                                          "time_budget_min": None, "output_dir": "results", "rerun": "false",
+                                          "seeds": None, "n_seeds": None, "shared_cores": "false"},
                                    refused={"model": "use --models=A,B,...",
+                                            "seed": "use --seeds=S,S,... or --n_seeds=N",
+                                            "per_user_file": "each run writes one beside the leaderboard",
                                             "resume": "run the same leaderboard command again to resume",
                                             "result_file": "it writes OUTPUT_DIR/leaderboard-DATASET.json",
                                             "saved": "it keeps each entry's checkpoints to resume from"})
@@ -183,10 +190,12 @@ def leaderboard_main(argv):
         raise UsageError("--leaderboard needs --models=MODEL[:CONFIG.yaml],... e.g. --models=GRU4RecPaper,GRU4Rec,SASRec,NARM,Pop")
     rerun = boolean_flag("rerun", flags["rerun"])
     minutes = None if flags["time_budget_min"] is None else positive_minutes(flags["time_budget_min"])
+    seeds, n_seeds = seed_flags(flags["seeds"], flags["n_seeds"])
     try:
         board = run_leaderboard(
             flags["dataset"], flags["models"], [path for path in flags["config_files"].split(",") if path], overrides,
-            time_budget_min=minutes, output_dir=flags["output_dir"], rerun=rerun,
+            time_budget_min=minutes, output_dir=flags["output_dir"], rerun=rerun, seeds=seeds, n_seeds=n_seeds,
+            shared_cores=boolean_flag("shared_cores", flags["shared_cores"]),
             command_line=" ".join(["python run.py", "--leaderboard", *map(shlex.quote, argv)]),
         )
     except LeaderboardStopped as stop:
@@ -194,6 +203,23 @@ def leaderboard_main(argv):
         return stop.returncode if stop.returncode > 0 else 1
     print(f"leaderboard written: {board.json_file} (and .md, .png)")
     return 0
+
+
+def seed_flags(seeds, n_seeds):
+    """``--seeds=S,S`` as a list of distinct integers, ``--n_seeds=N`` as a positive integer; (seeds, n_seeds)."""
+    if seeds is not None and n_seeds is not None:
+        raise UsageError("--seeds and --n_seeds do not go together: give one")
+    if n_seeds is not None:
+        count = number_flag("n_seeds", n_seeds, int)
+        if count < 1:
+            raise UsageError(f"--n_seeds={n_seeds}: use a positive integer")
+        return None, count
+    if seeds is None:
+        return None, None
+    values = [number_flag("seeds", part.strip(), int) for part in seeds.split(",") if part.strip()]
+    if not values or len(set(values)) != len(values):
+        raise UsageError(f"--seeds={seeds}: use distinct integers, e.g. --seeds=2020,2021,2022")
+    return values, None
 
 
 def number_flag(name, text, kind):
@@ -255,10 +281,12 @@ def main(argv):
         return 0
     try:
         flags, overrides = parse_args(argv)
-        if flags["result_file"] is not None and not os.path.isdir(os.path.dirname(os.path.abspath(flags["result_file"]))):
-            raise UsageError(f"--result_file={flags['result_file']}: its folder does not exist")
+        for flag in ("result_file", "per_user_file"):
+            if flags[flag] is not None and not os.path.isdir(os.path.dirname(os.path.abspath(flags[flag]))):
+                raise UsageError(f"--{flag}={flags[flag]}: its folder does not exist")
         result = pipeline.run(flags["model"], flags["dataset"], flags["config_files"], overrides, saved=flags["saved"],
-                              time_budget_min=flags["time_budget_min"], resume=flags["resume"])
+                              time_budget_min=flags["time_budget_min"], resume=flags["resume"],
+                              per_user_file=flags["per_user_file"])
     except (UsageError, CompatibilityError) as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 2

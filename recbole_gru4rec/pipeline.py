@@ -17,7 +17,7 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed
 
-from recbole_gru4rec import checks, compat, options, registry
+from recbole_gru4rec import checks, compat, options, per_user, registry
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.run_control import with_run_control
 
@@ -104,12 +104,13 @@ def check_resume(config, checkpoint_path):
 
 
 def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None, saved=True, evaluate_test=True,
-        time_budget_min=None, resume=None):
+        time_budget_min=None, resume=None, per_user_file=None):
     """Train ``model`` on ``dataset`` with early stopping, evaluate on test, and return the result record.
 
     ``evaluate_test=False`` leaves the test split untouched (hyperparameter search looks at validation only).
     ``time_budget_min`` stops training after the first epoch that ends past it (``stopped_by: time_budget``).
     ``resume`` is a ``last`` checkpoint of a run with the same config, continued from its epoch.
+    ``per_user_file`` receives each test user's metrics (:mod:`~recbole_gru4rec.per_user`).
     Ctrl-C raises :class:`~recbole_gru4rec.run_control.TrainingInterrupted`.
     """
     if time_budget_min is not None and not time_budget_min > 0:
@@ -148,6 +149,8 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
     if evaluate_test:
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     test_seconds = time.perf_counter() - test_start
+    if evaluate_test and per_user_file is not None:
+        save_user_metrics(per_user_file, trainer.evaluator.last_struct, config, test_data._dataset)
 
     epoch_seconds = trainer.epoch_seconds
     n_events = len(train_dataset)  # one prefix-augmented row per training target, for every model alike
@@ -171,9 +174,16 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "checkpoint": trainer.saved_model_file if saved else None,
         "last_checkpoint": trainer.last_checkpoint_file,
+        "per_user_file": per_user_file if evaluate_test else None,
         "config": comparison_config(config),
         "execution": {key: config[key] for key in options.EXECUTION_OPTIONS if key in config},
     }
+
+
+def save_user_metrics(path, struct, config, dataset):
+    """Each test user's metrics (by user token) from the test evaluation's struct, to ``path``."""
+    users = dataset.id2token(config["USER_ID_FIELD"], struct[per_user.USERS].numpy())
+    per_user.save(path, users, per_user.metrics_of_users(struct, config))
 
 
 def comparison_config(config):

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from conftest import REPO, metrics_from_scores, random_sessions, sessions_dataset_rows, write_inter
+from recbole_gru4rec import per_user
 from recbole_gru4rec.cli import main
 
 
@@ -106,12 +107,37 @@ def test_saved_false_writes_no_checkpoint(tiny, tmp_path, capsys):
     assert not checkpoints.exists() or not list(checkpoints.iterdir())
 
 
+@pytest.mark.parametrize("model", ["GRU4RecPaper", "GRU4Rec", "NARM", "SASRec", "Pop"])
+def test_per_user_file_holds_each_test_user_once_averaging_to_the_reported_metrics(model, tiny, tmp_path, capsys):
+    users_file, result_file = tmp_path / "users.npz", tmp_path / "result.json"
+    code, _, err = run_cli([f"--model={model}", "--dataset=tiny", f"--data_path={tiny}", "--epochs=1", "--saved=False",
+                            "--state=ERROR", f"--per_user_file={users_file}", f"--result_file={result_file}"], capsys)
+    assert code == 0, err[-3:]
+    result = json.loads(result_file.read_text())
+    users, metrics = per_user.load(users_file)
+    assert sorted(users) == sorted(str(user) for user in range(1, 41)) and result["per_user_file"] == str(users_file)
+    assert set(metrics) == set(result["test_result"])
+    for name, value in result["test_result"].items():
+        assert float(metrics[name].mean()) == pytest.approx(value, abs=5e-5), name
+
+
+def test_per_user_file_in_a_missing_folder_is_refused_before_training(capsys):
+    code, _, err = run_cli(["--per_user_file=/no/such/folder/users.npz"], capsys)
+    assert code == 2 and err == ["run.py: error: --per_user_file=/no/such/folder/users.npz: its folder does not exist"]
+
+
 @pytest.mark.parametrize("arg,message", [
     ("--saved=false", "--saved does not go with --leaderboard (it keeps each entry's checkpoints to resume from)"),
     ("--rerun=yes", "--rerun=yes: use true or false"),
+    ("--seed=7", "--seed does not go with --leaderboard (use --seeds=S,S,... or --n_seeds=N)"),
+    ("--seeds=1,x", "--seeds=x: use an integer"),
+    ("--seeds=1,1", "--seeds=1,1: use distinct integers, e.g. --seeds=2020,2021,2022"),
+    ("--n_seeds=0", "--n_seeds=0: use a positive integer"),
+    ("--seeds=1 --n_seeds=2", "--seeds and --n_seeds do not go together: give one"),
+    ("--shared_cores=maybe", "--shared_cores=maybe: use true or false"),
 ])
 def test_leaderboard_refuses_flags_it_cannot_honour(arg, message, capsys):
-    code, _, err = run_cli(["--leaderboard", "--models=Pop", arg], capsys)
+    code, _, err = run_cli(["--leaderboard", "--models=Pop", *arg.split()], capsys)
     assert code == 2 and err[-1] == f"run.py --leaderboard: error: {message}"
 
 

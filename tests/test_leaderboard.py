@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
+from recbole_gru4rec import per_user
 from recbole_gru4rec.cli import main
-from recbole_gru4rec.leaderboard.report import label_offsets, markdown
+from recbole_gru4rec.leaderboard.report import TABLE_METRICS, label_offsets, markdown, paired_comparisons
 
 
 def leaderboard(cwd, *args):
@@ -17,56 +19,126 @@ def leaderboard(cwd, *args):
                           capture_output=True, text=True, timeout=900)
 
 
-def test_two_models_one_epoch_on_ml100k(tmp_path):
+def test_two_models_two_seeds_one_epoch_on_ml100k(tmp_path):
     entry_config = tmp_path / "GRU4RecPaper-bpr.yaml"
     entry_config.write_text("loss_type: BPR\n")
-    args = ["--dataset=ml-100k", f"--models=GRU4RecPaper:{entry_config},Pop", "--epochs=1", "--output_dir=out"]
+    args = ["--dataset=ml-100k", f"--models=GRU4RecPaper:{entry_config},Pop", "--epochs=1", "--n_seeds=2", "--output_dir=out"]
     process = leaderboard(tmp_path, *args)
     assert process.returncode == 0, process.stderr[-3000:]
     board = json.loads((tmp_path / "out" / "leaderboard-ml-100k.json").read_text())
     header, rows = board["header"], board["rows"]
-    assert [(row["model"], row["config_name"]) for row in rows] == [("GRU4RecPaper", "bpr"), ("Pop", "default")]
+    assert [(row["model"], row["config_name"], row["seed"]) for row in rows] == [
+        ("GRU4RecPaper", "bpr", 2020), ("GRU4RecPaper", "bpr", 2021), ("Pop", "default", 2020), ("Pop", "default", 2021)]
     for row in rows:
         assert set(row["test_result"]) >= {"recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "mrr@20"}
-        assert row["epochs"] == 1 and row["stopped_by"] == "max_epochs"
+        assert row["epochs"] == 1 and row["stopped_by"] == "max_epochs" and row["config"]["seed"] == row["seed"]
         assert row["train_seconds_per_epoch"] > 0 and row["train_events_per_second"] > 0 and row["peak_rss_mb"] > 0
         assert set(row["best_valid_result"]) == set(row["test_result"])
+        users, metrics = per_user.load(tmp_path / "out" / row["per_user_file"])
+        assert len(users) == len(set(users)) == 943  # every ml-100k user once, by token
+        for name, value in row["test_result"].items():  # the per-user values average to RecBole's own results
+            assert round(float(metrics[name].mean()), 4) == pytest.approx(value, abs=1e-4), name
+    first, second = rows[0]["test_result"], rows[1]["test_result"]
+    assert first != second  # the seed reached the run
     assert rows[0]["config"]["loss_type"] == "BPR"  # the entry's own file reached the run
     assert rows[0]["execution"] == {"fused_step": True, "compile_step": False, "cpp_step": "auto"} and "fused_step" not in rows[0]["config"]
-    assert header["protocol"]["seed"] == 2020 and header["protocol"]["MAX_ITEM_LIST_LENGTH"] == 50
+    assert "seed" not in header["protocol"] and header["protocol"]["MAX_ITEM_LIST_LENGTH"] == 50
     assert header["machine"]["cpu_cores"] >= 1 and header["versions"]["recbole"] == "1.2.1"
     table = (tmp_path / "out" / "leaderboard-ml-100k.md").read_text()
-    assert "| GRU4RecPaper (bpr) |" in table and "| Pop |" in table
+    mean = (first["ndcg@10"] + second["ndcg@10"]) / 2
+    sd = abs(first["ndcg@10"] - second["ndcg@10"]) / 2 ** 0.5
+    assert "| GRU4RecPaper (bpr) (reference) | 2020, 2021 | " in table and f"{mean:.4f} ± {sd:.4f}" in table
+    assert "| Pop | 2020, 2021 | " in table and "paired t-test over the 943 test" in table
     assert (tmp_path / "out" / "leaderboard-ml-100k.png").read_bytes()[:4] == b"\x89PNG"
 
-    again = leaderboard(tmp_path, *args)  # finished rows are not trained again
-    assert again.returncode == 0 and again.stdout.count("already in") == 2, again.stderr[-2000:]
+    again = leaderboard(tmp_path, *args)  # finished runs are not trained again
+    assert again.returncode == 0 and again.stdout.count("already in") == 4, again.stderr[-2000:]
     entry_config.write_text("loss_type: BPR\nfused_step: False\n")  # how a step is computed: the same configuration
     same = leaderboard(tmp_path, *args)
-    assert same.returncode == 0 and same.stdout.count("already in") == 2, same.stderr[-2000:]
+    assert same.returncode == 0 and same.stdout.count("already in") == 4, same.stderr[-2000:]
     board_file = tmp_path / "out" / "leaderboard-ml-100k.json"
     older = json.loads(board_file.read_text())
     older["rows"][0]["config"]["fused_step"] = True  # as rows written before it was an execution option
+    del older["rows"][3]["seed"], older["rows"][3]["per_user_file"]  # as rows written before seeds: run again
     board_file.write_text(json.dumps(older))
+    (tmp_path / "out" / "leaderboard-ml-100k-users" / "Pop-default-seed2021.npz").unlink()
     same = leaderboard(tmp_path, *args)
-    assert same.returncode == 0 and same.stdout.count("already in") == 2, same.stderr[-2000:]
+    assert same.returncode == 0 and same.stdout.count("already in") == 3, same.stderr[-2000:]
+    assert "Pop:default seed 2021: its row has no per-user metrics file; training it again" in same.stdout
+    assert json.loads(board_file.read_text())["rows"][-1]["test_result"] == rows[3]["test_result"]  # reproduced
     entry_config.write_text("loss_type: BPR\nlearning_rate: 0.02\n")  # a changed entry is trained again
-    changed = leaderboard(tmp_path, *args)
+    changed = leaderboard(tmp_path, *args[:-2], "--seeds=2021", "--output_dir=out")
     assert changed.returncode == 0 and changed.stdout.count("already in") == 1 and "config changed" in changed.stdout
-    assert json.loads((tmp_path / "out" / "leaderboard-ml-100k.json").read_text())["rows"][-1]["config"]["learning_rate"] == 0.02
+    assert json.loads(board_file.read_text())["rows"][-1]["config"]["learning_rate"] == 0.02
     other = leaderboard(tmp_path, *[arg.replace("--epochs=1", "--epochs=2") for arg in args])
     assert other.returncode == 2 and "do not share one protocol" in other.stderr and "leaderboard:" not in other.stdout
 
 
-def test_markdown_marks_time_budgeted_rows():
-    row = {"model": "SASRec", "config_name": "default", "test_result": {"ndcg@10": 0.1}, "epochs": 3,
-           "stopped_by": "time_budget", "train_seconds_per_epoch": 10.0, "train_seconds_total": 30.0,
-           "train_events_per_second": 100.0, "eval_seconds": 1.0, "peak_rss_mb": 500.0, "time_budget_min": 0.5}
-    header = {"dataset": "d", "command": "c", "machine": {"cpu": "x", "cpu_cores": 2, "gpu": None}, "versions": {},
-              "protocol": {"seed": 1}, "time_budget_min": 0.5}
-    table = markdown(header, [row, dict(row, model="NARM", stopped_by="early_stopping", time_budget_min=None)])
-    assert "| SASRec [time budget] | nan | nan | 0.1000 | " in table and "| time_budget | 0.5 |" in table
-    assert "| NARM | nan | nan | 0.1000 | " in table and "| early_stopping | none |" in table
+def run_row(model, seed, ndcg, valid=0.0, config_name="default", **extra):
+    """A finished leaderboard row as the runner writes it (only what the report reads)."""
+    return dict({"model": model, "config_name": config_name, "seed": seed, "test_result": {"ndcg@10": ndcg},
+                 "best_valid_result": {"ndcg@10": valid}, "epochs": 3, "stopped_by": "early_stopping",
+                 "train_seconds_per_epoch": 10.0, "train_seconds_total": 30.0, "train_events_per_second": 100.0,
+                 "eval_seconds": 1.0, "peak_rss_mb": 500.0, "time_budget_min": None,
+                 "per_user_file": f"users/{model}-{config_name}-{seed}.npz"}, **extra)
+
+
+HEADER = {"dataset": "d", "command": "c", "machine": {"cpu": "x", "cpu_cores": 2, "gpu": None}, "versions": {},
+          "protocol": {"valid_metric": "NDCG@10"}, "time_budget_min": 0.5}
+
+
+def test_markdown_marks_time_budgeted_rows_and_shared_cores():
+    rows = [run_row("SASRec", 1, 0.1, stopped_by="time_budget", time_budget_min=0.5),
+            run_row("NARM", 1, 0.2), run_row("NARM", 2, 0.4, shared_cores=True)]
+    table = markdown(HEADER, rows)
+    assert "| SASRec [time budget] | 1 | nan | nan | 0.1000 | " in table and "| time_budget | 0.5 |" in table
+    assert "| NARM | 1, 2 | nan | nan | 0.3000 ± 0.1414 | " in table and "| early_stopping | none | 10.00 † | 30 † |" in table
+
+
+def test_paired_test_matches_the_t_statistic_by_hand():
+    a, b = [0.5, 0.0, 1.0, 0.25], [0.25, 0.0, 0.5, 0.5]  # differences 0.25, 0, 0.5, -0.25: mean 0.125
+    sd = ((0.125 ** 2 + 0.125 ** 2 + 0.375 ** 2 + 0.375 ** 2) / 3) ** 0.5
+    test = per_user.paired_test(a, b)
+    assert test["difference"] == pytest.approx(0.125) and test["standard_error"] == pytest.approx(sd / 2)
+    from scipy.stats import t as student_t
+
+    assert test["p_value"] == pytest.approx(2 * student_t.sf(0.125 / (sd / 2), df=3)) and test["users"] == 4
+    assert per_user.paired_test([1.0, 2.0], [0.0, 1.0])["p_value"] == 0.0  # the same gain for every user
+    assert per_user.paired_test([1.0, 2.0], [1.0, 2.0])["p_value"] == 1.0
+
+
+def test_entries_are_tested_against_the_best_validated_gru4recpaper_with_seeds_averaged_per_user(tmp_path):
+    users = [f"u{index}" for index in range(40)]
+    rng = np.random.default_rng(0)
+    base = rng.random(40)
+    per_seed = {  # (model, config, seed): per-user ndcg@10; the reference's users scored as base, in two seeds
+        ("GRU4RecPaper", "tuned", 1): base + 0.01, ("GRU4RecPaper", "tuned", 2): base - 0.01,
+        ("GRU4RecPaper", "paper", 1): base - 0.3 + 0.01 * rng.standard_normal(40),  # better validation, so it would be the reference if tested alone
+        ("SASRec", "default", 1): base + 0.2 + 0.01 * rng.standard_normal(40),
+        ("NARM", "default", 1): base + 0.001 * rng.standard_normal(40),
+    }
+    (tmp_path / "users").mkdir()
+    rows = []
+    for (model, config_name, seed), ndcg in per_seed.items():
+        row = run_row(model, seed, float(ndcg.mean()), valid=0.9 if config_name == "tuned" else 0.1, config_name=config_name)
+        metrics = {name: ndcg if name == "ndcg@10" else np.zeros(40) for name in TABLE_METRICS}
+        per_user.save(tmp_path / row["per_user_file"], users if model != "NARM" else users[::-1],
+                      {name: (values if model != "NARM" else values[::-1]) for name, values in metrics.items()})
+        rows.append(row)
+    comparisons = paired_comparisons(HEADER, rows, str(tmp_path))
+    assert comparisons["reference"] == "GRU4RecPaper:tuned"
+    sasrec = comparisons["tests"]["SASRec:default"]["ndcg@10"]
+    assert sasrec["difference"] == pytest.approx(float(np.mean(per_seed[("SASRec", "default", 1)] - base)))
+    assert sasrec["p_value"] < 1e-6 and comparisons["tests"]["GRU4RecPaper:paper"]["ndcg@10"]["difference"] == pytest.approx(-0.3, abs=0.01)
+    narm = comparisons["tests"]["NARM:default"]["ndcg@10"]  # users stored in another order: paired by token
+    assert abs(narm["difference"]) < 0.001 and narm["users"] == 40
+    table = markdown(HEADER, rows, comparisons)
+    sasrec_mean = float(per_seed[("SASRec", "default", 1)].mean())
+    assert f"| SASRec | 1 | nan | nan | {sasrec_mean:.4f} ▲ | nan |" in table and " ▼ | nan |" in table
+    assert "| GRU4RecPaper (tuned) (reference) | 1, 2 |" in table
+    (tmp_path / rows[-1]["per_user_file"]).unlink()
+    untested = paired_comparisons(HEADER, rows, str(tmp_path))
+    assert "NARM:default" not in untested["tests"] and "Not tested (a run without its per-user metrics file): NARM." in markdown(HEADER, rows, untested)
 
 
 @pytest.mark.parametrize(

@@ -1,21 +1,36 @@
 """The leaderboard's files: ``leaderboard-DATASET.json`` (its rows), a Markdown table and a plot.
 
 Reads and writes rows only: importing it loads no model, trainer or torch code (matplotlib is imported when a
-plot is drawn, and is an optional dependency: ``pip install recbole-gru4rec[plot]``).
+plot is drawn, and is an optional dependency: ``pip install recbole-gru4rec[plot]``; the per-user files are
+read when the table is written).
 """
 
 import json
 import math
 import os
+import statistics
 
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "mrr@20")
+SIGNIFICANCE_LEVEL = 0.05
+TIME_COLUMNS = ("train_seconds_per_epoch", "train_seconds_total", "train_events_per_second", "eval_seconds", "peak_rss_mb")
+
+
+def entry_key(row):
+    """The entry a row is a run of."""
+    return f"{row['model']}:{row['config_name']}"
+
+
+def row_seed(row):
+    """The seed of a row's run (rows written before seeds were recorded carry it in their config)."""
+    return row["seed"] if "seed" in row else row["config"].get("seed")
 
 
 class Leaderboard:
-    """The rows of ``leaderboard-DATASET.json`` and the files written from them."""
+    """The rows of ``leaderboard-DATASET.json`` (one per run: entry and seed) and the files written from them."""
 
     def __init__(self, dataset, output_dir):
         self.dataset = dataset
+        self.folder = output_dir
         self.json_file = os.path.join(output_dir, f"leaderboard-{dataset}.json")
         self.header, self.rows = None, []
         if os.path.isfile(self.json_file):
@@ -23,14 +38,14 @@ class Leaderboard:
                 saved = json.load(f)
             self.header, self.rows = saved["header"], saved["rows"]
 
-    def row(self, entry):
-        """The finished row of ``entry``, or None."""
-        return next((row for row in self.rows if f"{row['model']}:{row['config_name']}" == entry.key), None)
+    def row(self, entry, seed):
+        """The finished row of ``entry`` with ``seed``, or None."""
+        return next((row for row in self.rows if entry_key(row) == entry.key and row_seed(row) == seed), None)
 
-    def add(self, entry, row, header):
-        """Record one finished row (replacing an older one of the same entry) and rewrite every output."""
+    def add(self, entry, seed, row, header):
+        """Record one finished run (replacing an older one of the same entry and seed) and rewrite every output."""
         self.header = header
-        self.rows = [old for old in self.rows if f"{old['model']}:{old['config_name']}" != entry.key] + [row]
+        self.rows = [old for old in self.rows if (entry_key(old), row_seed(old)) != (entry.key, seed)] + [row]
         self.write()
 
     def write(self):
@@ -38,7 +53,7 @@ class Leaderboard:
         base = os.path.splitext(self.json_file)[0]
         os.makedirs(os.path.dirname(os.path.abspath(self.json_file)), exist_ok=True)
         write_atomic(self.json_file, json.dumps({"header": self.header, "rows": self.rows}, indent=2) + "\n")
-        write_atomic(f"{base}.md", markdown(self.header, self.rows))
+        write_atomic(f"{base}.md", markdown(self.header, self.rows, paired_comparisons(self.header, self.rows, self.folder)))
         plot(self.header, self.rows, f"{base}.png")
 
 
@@ -50,35 +65,144 @@ def write_atomic(path, text):
     os.replace(partial, path)
 
 
-def _label(row):
+def grouped(rows):
+    """``{entry key: its rows}``, entries in the order of their first row."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(entry_key(row), []).append(row)
+    return groups
+
+
+def mean_and_sd(values):
+    """Mean and sample standard deviation (None for a single value)."""
+    values = [float(value) for value in values if value is not None]
+    if not values:
+        return float("nan"), None
+    mean = math.fsum(values) / len(values)
+    if len(values) == 1:
+        return mean, None
+    return mean, math.sqrt(math.fsum((value - mean) ** 2 for value in values) / (len(values) - 1))
+
+
+def test_mean(runs, metric):
+    """Mean over an entry's runs of one test metric."""
+    return mean_and_sd([run["test_result"].get(metric) for run in runs])[0]
+
+
+def reference_entry(header, groups):
+    """The GRU4RecPaper entry with the best mean validation score: what every row is tested against."""
+    metric = str(header["protocol"].get("valid_metric", "NDCG@10")).lower()
+    sign = 1 if header["protocol"].get("valid_metric_bigger", True) else -1
+    candidates = {key: runs for key, runs in groups.items() if runs[0]["model"] == "GRU4RecPaper"}
+    if not candidates:
+        return None
+    return max(candidates, key=lambda key: sign * mean_and_sd([run["best_valid_result"].get(metric) for run in candidates[key]])[0])
+
+
+def paired_comparisons(header, rows, folder):
+    """Each entry against the reference entry, per metric: a paired t-test over users of each user's metric
+    averaged over the entry's seeds. ``{"reference": key, "tests": {key: {metric: test}}}``; an entry with a
+    run lacking its per-user file gets no test."""
+    groups = grouped(rows)
+    reference = reference_entry(header, groups) if header else None
+    comparisons = {"reference": reference, "tests": {}}
+    if reference is None:
+        return comparisons
+
+    from recbole_gru4rec import per_user  # numpy, scipy and RecBole's evaluator: only when a table is written
+
+    def user_runs(runs):
+        paths = [os.path.join(folder, run["per_user_file"]) for run in runs if run.get("per_user_file")]
+        return [per_user.load(path) for path in paths] if len(paths) == len(runs) and all(map(os.path.isfile, paths)) else None
+
+    reference_runs = user_runs(groups[reference])
+    if reference_runs is None:
+        return comparisons
+    for key, runs in groups.items():
+        loaded = user_runs(runs) if key != reference else None
+        if loaded is None:
+            continue
+        tests = {}
+        for metric in TABLE_METRICS:
+            users, values = per_user.seed_mean(loaded, metric)
+            reference_users, reference_values = per_user.seed_mean(reference_runs, metric)
+            if users != reference_users:
+                raise ValueError(f"{key} and {reference} were tested on different users")
+            tests[metric] = per_user.paired_test(values, reference_values)
+        comparisons["tests"][key] = tests
+    return comparisons
+
+
+def _label(runs):
+    row = runs[0]
     name = row["model"] if row["config_name"] == "default" else f"{row['model']} ({row['config_name']})"
-    return name + (" [time budget]" if row["stopped_by"] == "time_budget" else "")
+    return name + (" [time budget]" if any(run["stopped_by"] == "time_budget" for run in runs) else "")
 
 
-def markdown(header, rows):
-    """The leaderboard as a Markdown table, best test NDCG@10 first, with its header."""
-    ranked = sorted(rows, key=lambda row: -row["test_result"].get("ndcg@10", float("-inf")))
+def _metric_cell(runs, metric, test):
+    mean, sd = mean_and_sd([run["test_result"].get(metric) for run in runs])
+    cell = f"{mean:.4f}" + ("" if sd is None else f" ± {sd:.4f}")
+    if test is not None and test["p_value"] < SIGNIFICANCE_LEVEL:
+        cell += " ▲" if test["difference"] > 0 else " ▼"
+    return cell
+
+
+def markdown(header, rows, comparisons=None):
+    """The leaderboard as Markdown: one line per entry (mean ± sd over its seeds), best mean test NDCG@10 first,
+    marks from ``comparisons`` (:func:`paired_comparisons`), and a table of the paired differences."""
+    comparisons = comparisons or {"reference": None, "tests": {}}
+    groups = grouped(rows)
+    ranked = sorted(groups, key=lambda key: -test_mean(groups[key], "ndcg@10"))
+    reference, tests = comparisons["reference"], comparisons["tests"]
+    users = next((test["users"] for entry_tests in tests.values() for test in entry_tests.values()), None)
     lines = [
         f"# Leaderboard: {header['dataset']}",
         "",
         f"Command: `{header['command']}`  ",
         f"Machine: {header['machine']['cpu']} ({header['machine']['cpu_cores']} cores), GPU: {header['machine']['gpu'] or 'none'}  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()) + "  ",
-        f"Seed {header['protocol'].get('seed')}; protocol: {json.dumps(header['protocol'], sort_keys=True)}  ",
-        "Test metrics of the best-validation epoch. Budget: the time budget of the row's run in minutes (rows may",
-        "come from several runs of the command); none: trained until early stopping or the last epoch.",
-        "",
-        "| model | " + " | ".join(TABLE_METRICS) + " | epochs | stopped by | budget | s/epoch (median) | train s | events/s | eval s | peak MiB |",
-        "|---|" + "---:|" * len(TABLE_METRICS) + "---:|---|---:|---:|---:|---:|---:|---:|",
+        f"Protocol: {json.dumps(header['protocol'], sort_keys=True)}  ",
+        "Test metrics of the best-validation epoch: mean ± standard deviation over the entry's seeds (no ± with one",
+        "seed). Time columns: means over the seeds; † marks an entry with a run whose cores were shared with other",
+        "work (its times are too high). Budget: the time budget of the runs in minutes; none: trained until early",
+        "stopping or the last epoch.",
     ]
-    for row in ranked:
-        metrics = " | ".join(f"{row['test_result'].get(name, float('nan')):.4f}" for name in TABLE_METRICS)
+    if reference is not None and tests:
+        lines += [
+            f"Paired test against **{_label(groups[reference])}** (the GRU4RecPaper entry with the best mean validation",
+            f"score): each user's metric is averaged over the entry's seeds, then a paired t-test over the {users} test",
+            f"users; ▲ / ▼: significantly higher / lower than it (p < {SIGNIFICANCE_LEVEL}). Entries without ▲▼ in a",
+            "column are not significantly different from it there (or, as listed below, were not tested).",
+        ]
+    lines += [
+        "",
+        "| model | seeds | " + " | ".join(TABLE_METRICS) + " | epochs | stopped by | budget | s/epoch (median) | train s | events/s | eval s | peak MiB |",
+        "|---|---|" + "---:|" * len(TABLE_METRICS) + "---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in ranked:
+        runs = groups[key]
+        metrics = " | ".join(_metric_cell(runs, name, tests.get(key, {}).get(name)) for name in TABLE_METRICS)
+        times = {column: mean_and_sd([run[column] for run in runs])[0] for column in TIME_COLUMNS}
+        shared = " †" if any(run.get("shared_cores") for run in runs) else ""
+        seeds = ", ".join(str(row_seed(run)) for run in runs)
+        budget = sorted({str(run.get("time_budget_min") or "none") for run in runs})
         lines.append(
-            f"| {_label(row)} | {metrics} | {row['epochs']} | {row['stopped_by']} | {row.get('time_budget_min') or 'none'} | "
-            f"{row['train_seconds_per_epoch']:.2f} | "
-            f"{row['train_seconds_total']:.0f} | {row['train_events_per_second']:.0f} | {row['eval_seconds']:.1f} | "
-            f"{row['peak_rss_mb']:.0f} |"
+            f"| {_label(runs)}{' (reference)' if key == reference else ''} | {seeds} | {metrics} | "
+            f"{statistics.fmean(run['epochs'] for run in runs):.0f} | {', '.join(sorted({run['stopped_by'] for run in runs}))} | "
+            f"{', '.join(budget)} | {times['train_seconds_per_epoch']:.2f}{shared} | {times['train_seconds_total']:.0f}{shared} | "
+            f"{times['train_events_per_second']:.0f}{shared} | {times['eval_seconds']:.1f} | {times['peak_rss_mb']:.0f} |"
         )
+    if reference is not None and tests:
+        lines += ["", f"Paired differences to {_label(groups[reference])} (entry − reference, ± standard error, p):", "",
+                  "| model | " + " | ".join(TABLE_METRICS) + " |", "|---|" + "---:|" * len(TABLE_METRICS)]
+        for key in ranked:
+            if key in tests:
+                cells = " | ".join(f"{t['difference']:+.4f} ± {t['standard_error']:.4f} (p {t['p_value']:.2g})"
+                                   for t in (tests[key][name] for name in TABLE_METRICS))
+                lines.append(f"| {_label(groups[key])} | {cells} |")
+        untested = [_label(groups[key]) for key in ranked if key != reference and key not in tests]
+        if untested:
+            lines += ["", "Not tested (a run without its per-user metrics file): " + ", ".join(untested) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -99,7 +223,8 @@ def label_offsets(points):
 
 
 def plot(header, rows, path):
-    """Test NDCG@10 against total training time, one point per row; time-budgeted rows drawn hollow.
+    """Mean test NDCG@10 against mean total training time, one point per entry with the seeds' standard
+    deviation as an error bar; entries stopped by a time budget drawn hollow.
     Without matplotlib installed, no plot is drawn and the log says so once."""
     try:
         import matplotlib
@@ -111,17 +236,21 @@ def plot(header, rows, path):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    points = [(max(row["train_seconds_total"], 1e-3), row["test_result"].get("ndcg@10", float("nan"))) for row in rows]
-    for row, (x, y), offset in zip(rows, points, label_offsets(points)):
-        budgeted = row["stopped_by"] == "time_budget"
-        axes.scatter([x], [y], s=60, facecolors="none" if budgeted else "C0", edgecolors="C0")
-        axes.annotate(_label(row), (x, y), textcoords="offset points", xytext=offset, fontsize=8)
+    groups = list(grouped(rows).values())
+    points = [(max(mean_and_sd([run["train_seconds_total"] for run in runs])[0], 1e-3), test_mean(runs, "ndcg@10"))
+              for runs in groups]
+    for runs, (x, y), offset in zip(groups, points, label_offsets(points)):
+        budgeted = any(run["stopped_by"] == "time_budget" for run in runs)
+        spread = mean_and_sd([run["test_result"].get("ndcg@10") for run in runs])[1]
+        axes.errorbar([x], [y], yerr=None if spread is None else [spread], fmt="o", markersize=7, capsize=3,
+                      color="C0", markerfacecolor="none" if budgeted else "C0")
+        axes.annotate(_label(runs), (x, y), textcoords="offset points", xytext=offset, fontsize=8)
     axes.set_xscale("log")
     left, right = axes.get_xlim()
     axes.set_xlim(left, right * 6)  # room for the labels of the slowest models
     axes.margins(y=0.12)
-    axes.set_xlabel("total training time (s, log scale)")
-    axes.set_ylabel("test NDCG@10")
+    axes.set_xlabel("total training time (s, log scale; mean over seeds)")
+    axes.set_ylabel("test NDCG@10 (mean ± sd over seeds)")
     axes.set_title(f"{header['dataset']}: accuracy against training time ({header['machine']['cpu_cores']} CPU cores"
                    + (f", {header['machine']['gpu']}" if header["machine"]["gpu"] else "") + ")", fontsize=9)
     axes.grid(alpha=0.3)

@@ -1,12 +1,13 @@
-"""Several models, one protocol: ``python run.py --leaderboard --dataset=D --models=A,B:config.yaml,...``.
+"""Several models, one protocol: ``python run.py --leaderboard --dataset=D --models=A,B:config.yaml,... --seeds=S,S``.
 
 Each entry is ``MODEL`` or ``MODEL:CONFIG.yaml``; the file holds that model's own hyperparameters only
-(protocol keys are refused, see :data:`PROTOCOL_KEYS`). Every entry runs as its own ``run.py`` process,
-one after another (its peak memory is its own; never two at once), with the same protocol files, seed
-and early-stopping rule. After each entry, ``leaderboard-D.json``, ``.md`` and ``.png`` are rewritten, so
-a killed leaderboard keeps every finished row; the same command later skips the finished rows and
-resumes an unfinished entry from its last epoch checkpoint (an entry whose config file changed since its
-row was written is trained again).
+(protocol keys are refused, see :data:`PROTOCOL_KEYS`). Every (entry, seed) runs as its own ``run.py``
+process, one after another (its peak memory is its own; never two at once), with the same protocol files
+and early-stopping rule, and writes its test users' metrics beside the leaderboard (``leaderboard-D-users/``).
+After each run, ``leaderboard-D.json`` (one row per run), ``.md`` and ``.png`` are rewritten, so a killed
+leaderboard keeps every finished run; the same command later skips finished runs and resumes an unfinished
+one from its last epoch checkpoint (a run whose config changed since its row was written, or whose per-user
+file is missing, is trained again).
 """
 
 import datetime
@@ -33,6 +34,8 @@ PROTOCOL_KEYS = (
     "user_inter_num_interval", "item_inter_num_interval", "val_interval", "rm_dup_inter", "filter_inter_by_user_or_item",
     "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "use_gpu", "gpu_id", "checkpoint_dir",
 )
+# Protocol keys that may differ between the runs of one leaderboard: each row records its own.
+PER_RUN_KEYS = ("seed",)
 
 
 class Entry:
@@ -118,16 +121,19 @@ def versions():
 
 def protocol_of(compared_config):
     """The protocol part of a run's recorded config (identical for every row of one leaderboard)."""
-    return {key: value for key, value in compared_config.items() if key in PROTOCOL_KEYS}
+    return {key: value for key, value in compared_config.items() if key in PROTOCOL_KEYS and key not in PER_RUN_KEYS}
 
 
-def row_from(entry, result):
-    """A leaderboard row from the result record of one ``run.py`` process."""
+def row_from(entry, seed, result, per_user_file):
+    """A leaderboard row from the result record of one ``run.py`` process (``per_user_file`` relative to the
+    leaderboard's folder)."""
     seconds = result["train_seconds_per_epoch"]
     return {
         "model": entry.model,
         "config_name": entry.config_name,
         "config_file": entry.config_file,
+        "seed": seed,
+        "per_user_file": per_user_file,
         "test_result": result["test_result"],
         "best_valid_result": result["best_valid_result"],
         "epochs": result["epochs"],
@@ -142,9 +148,19 @@ def row_from(entry, result):
     }
 
 
-def checkpoint_dir(dataset, entry):
-    """Where an entry's checkpoints live, so that a later run of the same leaderboard finds them."""
-    return os.path.join("saved", "leaderboard", dataset, entry.key.replace(":", "-"))
+def run_name(entry, seed):
+    """The file-name stem of one (entry, seed) run."""
+    return f"{entry.key.replace(':', '-')}-seed{seed}"
+
+
+def checkpoint_dir(dataset, entry, seed):
+    """Where a run's checkpoints live, so that a later run of the same leaderboard finds them."""
+    return os.path.join("saved", "leaderboard", dataset, run_name(entry, seed))
+
+
+def per_user_path(dataset, entry, seed):
+    """A run's per-user test metrics file, relative to the leaderboard's folder."""
+    return os.path.join(f"leaderboard-{dataset}-users", f"{run_name(entry, seed)}.npz")
 
 
 def latest_last_checkpoint(folder):
@@ -153,15 +169,26 @@ def latest_last_checkpoint(folder):
     return found[-1] if found else None
 
 
-def entry_config(entry, dataset, config_files, overrides):
-    """The resolved RecBole config the entry's run will use (built here to check it before anything trains)."""
+def entry_config(entry, dataset, config_files, overrides, seed=None):
+    """The resolved RecBole config the entry's run will use (built here to check it before anything trains);
+    ``seed`` None: the protocol's."""
     files = list(config_files) + ([entry.config_file] if entry.config_file else [])
-    return pipeline.build_config(entry.model, dataset, files, dict(overrides, checkpoint_dir=checkpoint_dir(dataset, entry)))
+    overrides = dict(overrides) if seed is None else dict(overrides, seed=seed)
+    if seed is not None:
+        overrides["checkpoint_dir"] = checkpoint_dir(dataset, entry, seed)
+    return pipeline.build_config(entry.model, dataset, files, overrides)
+
+
+def resolve_seeds(protocol_seed, seeds, n_seeds):
+    """The seeds to run: ``seeds``, else ``n_seeds`` of them from the protocol's seed on, else the protocol's."""
+    if seeds is not None:
+        return list(seeds)
+    return [protocol_seed + offset for offset in range(n_seeds or 1)]
 
 
 def resumable_checkpoint(entry, config):
-    """The entry's unfinished run to continue: its newest last checkpoint, if it has this exact config."""
-    checkpoint = latest_last_checkpoint(checkpoint_dir(config["dataset"], entry))
+    """The run's unfinished training to continue: its newest last checkpoint, if it has this exact config."""
+    checkpoint = latest_last_checkpoint(checkpoint_dir(config["dataset"], entry, config["seed"]))
     if checkpoint is None:
         return None
     try:
@@ -172,14 +199,15 @@ def resumable_checkpoint(entry, config):
     return checkpoint
 
 
-def entry_command(entry, dataset, config_files, overrides, time_budget_min, result_file, resume):
-    """The ``run.py`` command line of one entry."""
+def entry_command(entry, seed, dataset, config_files, overrides, time_budget_min, result_file, per_user_file, resume):
+    """The ``run.py`` command line of one (entry, seed) run."""
     files = list(config_files) + ([entry.config_file] if entry.config_file else [])
     command = [sys.executable, "-m", "recbole_gru4rec", f"--model={entry.model}", f"--dataset={dataset}"]
     if files:
         command.append(f"--config_files={','.join(files)}")
     command += [f"--{key}={value}" for key, value in overrides.items()]
-    command += [f"--checkpoint_dir={checkpoint_dir(dataset, entry)}", f"--result_file={result_file}"]
+    command += [f"--seed={seed}", f"--checkpoint_dir={checkpoint_dir(dataset, entry, seed)}",
+                f"--result_file={result_file}", f"--per_user_file={per_user_file}"]
     if time_budget_min is not None:
         command.append(f"--time_budget_min={time_budget_min}")
     if resume is not None:
@@ -188,11 +216,15 @@ def entry_command(entry, dataset, config_files, overrides, time_budget_min, resu
 
 
 def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budget_min=None, output_dir="results",
-                    rerun=False, command_line=""):
-    """Train and evaluate every entry of ``models`` in turn and write the leaderboard files; returns them."""
+                    rerun=False, command_line="", seeds=None, n_seeds=None, shared_cores=False):
+    """Train and evaluate every entry of ``models`` once per seed and write the leaderboard files; returns them.
+
+    ``seeds`` (a list) or ``n_seeds`` (that many from the protocol's seed on); neither: the protocol's seed.
+    ``shared_cores`` marks the rows' time columns as measured while other work shared the machine.
+    """
     entries = parse_entries(models)
     overrides = dict(overrides or {})
-    shared = sorted(set(overrides) & {"checkpoint_dir", "result_file"})
+    shared = sorted(set(overrides) & {"checkpoint_dir", "result_file", "per_user_file", "seed"})
     if shared:
         raise UsageError(f"--leaderboard chooses {', '.join(shared)} itself; leave it out")
     for path in config_files:
@@ -201,11 +233,13 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
     board = Leaderboard(dataset, output_dir)
     if rerun:
         board.rows = []
-    configs = {entry.key: entry_config(entry, dataset, config_files, overrides) for entry in entries}
+    protocol_seed = entry_config(entries[0], dataset, config_files, overrides)["seed"]
+    runs = [(entry, seed) for entry in entries for seed in resolve_seeds(protocol_seed, seeds, n_seeds)]
+    configs = {(entry.key, seed): entry_config(entry, dataset, config_files, overrides, seed) for entry, seed in runs}
     protocols = {json.dumps(protocol_of(pipeline.comparison_config(config)), sort_keys=True)
                  for config in configs.values()}
     if board.rows:
-        protocols.add(json.dumps(board.header["protocol"], sort_keys=True))
+        protocols.add(json.dumps(protocol_of(board.header["protocol"]), sort_keys=True))
     if len(protocols) > 1:
         raise UsageError(
             f"the entries (or the rows already in {board.json_file}) do not share one protocol: "
@@ -213,19 +247,25 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
         )
     header = {"dataset": dataset, "command": command_line, "machine": machine(), "versions": versions(),
               "time_budget_min": time_budget_min, "date": datetime.date.today().isoformat()}
-    os.makedirs(output_dir, exist_ok=True)
-    for entry in entries:
-        finished = board.row(entry)
+    os.makedirs(os.path.join(output_dir, f"leaderboard-{dataset}-users"), exist_ok=True)
+    for entry, seed in runs:
+        name = f"{entry.key} seed {seed}"
+        per_user_file = per_user_path(dataset, entry, seed)
+        finished = board.row(entry, seed)
         if finished is not None and not rerun:
             # Rows written before fused_step / compile_step became execution options still list them.
-            if options.without_execution_options(finished["config"]) == pipeline.comparison_config(configs[entry.key]):
-                print(f"leaderboard: {entry.key} is already in {board.json_file} (skipped; --rerun=true trains it again)")
+            if options.without_execution_options(finished["config"]) != pipeline.comparison_config(configs[(entry.key, seed)]):
+                print(f"leaderboard: {name}: its config changed since its row was written; training it again")
+            elif not os.path.isfile(os.path.join(output_dir, finished.get("per_user_file") or per_user_file)):
+                print(f"leaderboard: {name}: its row has no per-user metrics file; training it again")
+            else:
+                print(f"leaderboard: {name} is already in {board.json_file} (skipped; --rerun=true trains it again)")
                 continue
-            print(f"leaderboard: {entry.key}: its config changed since its row was written; training it again")
-        result_file = os.path.join(output_dir, f".leaderboard-{dataset}-{entry.key.replace(':', '-')}.json")
-        resume = None if rerun else resumable_checkpoint(entry, configs[entry.key])
-        command = entry_command(entry, dataset, config_files, overrides, time_budget_min, result_file, resume)
-        print(f"leaderboard: {entry.key}" + (f" (resuming {resume})" if resume else ""), flush=True)
+        result_file = os.path.join(output_dir, f".leaderboard-{dataset}-{run_name(entry, seed)}.json")
+        resume = None if rerun else resumable_checkpoint(entry, configs[(entry.key, seed)])
+        command = entry_command(entry, seed, dataset, config_files, overrides, time_budget_min, result_file,
+                                os.path.join(output_dir, per_user_file), resume)
+        print(f"leaderboard: {name}" + (f" (resuming {resume})" if resume else ""), flush=True)
         print("  " + " ".join(shlex.quote(part) for part in command), flush=True)
         process = subprocess.Popen(command)
         try:
@@ -233,18 +273,18 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
         except KeyboardInterrupt:
             returncode = process.wait()  # the run got the same Ctrl-C: it ends after naming its checkpoint
         if returncode != 0:
-            raise LeaderboardStopped(entry.key, returncode)
+            raise LeaderboardStopped(name, returncode)
         with open(result_file, encoding="utf-8") as f:
             result = json.load(f)
         os.remove(result_file)
-        for finished in glob.glob(os.path.join(checkpoint_dir(dataset, entry), "*-last.pth")):
+        for finished in glob.glob(os.path.join(checkpoint_dir(dataset, entry, seed), "*-last.pth")):
             os.remove(finished)  # the row is written: nothing left to resume
-        row = row_from(entry, result)
+        row = row_from(entry, seed, result, per_user_file)
         # A leaderboard may be finished over several sessions: each row says when, where and by which code.
         row.update(date=header["date"], machine=header["machine"], recbole_gru4rec_commit=header["versions"]["recbole_gru4rec_commit"],
-                   time_budget_min=time_budget_min)
-        board.add(entry, row, dict(header, protocol=protocol_of(result["config"])))
-        print(f"leaderboard: {entry.key} done, test NDCG@10 {result['test_result'].get('ndcg@10', float('nan')):.4f}; "
+                   time_budget_min=time_budget_min, shared_cores=shared_cores)
+        board.add(entry, seed, row, dict(header, protocol=protocol_of(result["config"])))
+        print(f"leaderboard: {name} done, test NDCG@10 {result['test_result'].get('ndcg@10', float('nan')):.4f}; "
               f"{board.json_file} updated", flush=True)
     if board.header is None:
         raise UsageError("no leaderboard row was produced")
