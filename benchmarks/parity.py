@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
-from recbole_gru4rec import GRU4RecPaper, SessionParallelTrainer, per_user, pipeline  # noqa: E402
+from recbole_gru4rec import GRU4RecPaper, SessionParallelTrainer, evaluation, pipeline  # noqa: E402
 from recbole_gru4rec.session_data import user_sessions  # noqa: E402
 
 COMMON_AUTHOR = {"layers": [100], "batch_size": 64, "learning_rate": 0.05, "momentum": 0.0, "dropout_p_embed": 0.0,
@@ -144,7 +144,7 @@ def compare(ours, authors):
     for metric in ("ndcg@10", "recall@20"):
         a = np.mean([run[metric] for run in ours], axis=0)
         b = np.mean([run[metric] for run in authors], axis=0)
-        out[metric] = dict(per_user.paired_test(a, b), ours=float(a.mean()), author=float(b.mean()))
+        out[metric] = dict(evaluation.paired_test(a, b), ours=float(a.mean()), author=float(b.mean()))
     return out
 
 

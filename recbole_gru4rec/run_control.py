@@ -12,7 +12,6 @@ import time
 from recbole.utils import init_seed
 
 from recbole_gru4rec.compat import SafeCheckpoints, load_checkpoint, write_checkpoint
-from recbole_gru4rec.per_user import RecordingEvaluator, UserRecordingCollector
 from recbole_gru4rec.session_data import SessionParallelDataLoader, epoch_seed
 
 
@@ -51,8 +50,7 @@ class RunControl(SafeCheckpoints):
     * a time budget (``time_budget_s``, checked when an epoch would start) and ``stopped_by``:
       ``early_stopping``, ``time_budget`` or ``max_epochs``;
     * a stop at the first non-finite loss, naming epoch, step and value (RecBole only checks NaN);
-    * :class:`TrainingInterrupted` on Ctrl-C, naming the checkpoint to resume from;
-    * the latest evaluation's per-user results with their user ids (``evaluator.last_struct``).
+    * :class:`TrainingInterrupted` on Ctrl-C, naming the checkpoint to resume from.
 
     The hooks are the methods RecBole's trainers call in their loops (``_train_epoch``, ``_check_nan``,
     ``_save_checkpoint``, ``resume_checkpoint``): a trainer whose ``fit`` does more than RecBole's base one
@@ -61,8 +59,6 @@ class RunControl(SafeCheckpoints):
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.eval_collector = UserRecordingCollector(config)
-        self.evaluator = RecordingEvaluator(config)
         self.time_budget_s = None
         self.stopped_by = None
         self.epoch_seconds = []  # training time of each epoch, validation excluded

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import REPO, metrics_from_scores, random_sessions, sessions_dataset_rows, write_inter
-from recbole_gru4rec import per_user
+from recbole_gru4rec import evaluation
 from recbole_gru4rec.cli import main
 
 
@@ -114,7 +114,7 @@ def test_per_user_file_holds_each_test_user_once_averaging_to_the_reported_metri
                             "--state=ERROR", f"--per_user_file={users_file}", f"--result_file={result_file}"], capsys)
     assert code == 0, err[-3:]
     result = json.loads(result_file.read_text())
-    users, metrics = per_user.load(users_file)
+    users, metrics = evaluation.load(users_file)
     assert sorted(users) == sorted(str(user) for user in range(1, 41)) and result["per_user_file"] == str(users_file)
     assert set(metrics) == set(result["test_result"])
     for name, value in result["test_result"].items():

@@ -102,3 +102,20 @@ def test_use_gpu_false_runs_on_the_cpu_even_with_cuda_present(monkeypatch, use_g
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     config = pipeline.build_config("GRU4RecPaper", "ml-100k", overrides={"use_gpu": use_gpu})
     assert config["device"].type == expected
+
+
+@pytest.mark.parametrize("batch_size", [64, 8192])
+def test_pop_counts_every_training_interaction_whatever_the_batch_size(batch_size):
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.general_recommender.pop import Pop
+
+    from recbole_gru4rec import pipeline
+
+    config = pipeline.build_config("Pop", "ml-100k", overrides={"train_batch_size": batch_size, "state": "ERROR"})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = Pop(config, train._dataset)
+    for batch in train:
+        model.calculate_loss(batch)
+    items = train._dataset.inter_feat["item_id"]
+    expected = torch.bincount(items, minlength=model.n_items)  # each training interaction counted once
+    assert torch.equal(model.item_cnt.squeeze(1), expected) and model.max_cnt.item() == expected.max().item()

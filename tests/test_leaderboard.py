@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from recbole_gru4rec import per_user
+from recbole_gru4rec import evaluation
 from recbole_gru4rec.cli import main
 from recbole_gru4rec.leaderboard.report import TABLE_METRICS, label_offsets, markdown, paired_comparisons
 
@@ -34,7 +34,7 @@ def test_two_models_two_seeds_one_epoch_on_ml100k(tmp_path):
         assert row["epochs"] == 1 and row["stopped_by"] == "max_epochs" and row["config"]["seed"] == row["seed"]
         assert row["train_seconds_per_epoch"] > 0 and row["train_events_per_second"] > 0 and row["peak_rss_mb"] > 0
         assert set(row["best_valid_result"]) == set(row["test_result"])
-        users, metrics = per_user.load(tmp_path / "out" / row["per_user_file"])
+        users, metrics = evaluation.load(tmp_path / "out" / row["per_user_file"])
         assert len(users) == len(set(users)) == 943  # every ml-100k user once, by token
         for name, value in row["test_result"].items():  # the per-user values average to RecBole's own results
             assert round(float(metrics[name].mean()), 4) == pytest.approx(value, abs=1e-4), name
@@ -98,13 +98,13 @@ def test_markdown_marks_time_budgeted_rows_and_shared_cores():
 def test_paired_test_matches_the_t_statistic_by_hand():
     a, b = [0.5, 0.0, 1.0, 0.25], [0.25, 0.0, 0.5, 0.5]  # differences 0.25, 0, 0.5, -0.25: mean 0.125
     sd = ((0.125 ** 2 + 0.125 ** 2 + 0.375 ** 2 + 0.375 ** 2) / 3) ** 0.5
-    test = per_user.paired_test(a, b)
+    test = evaluation.paired_test(a, b)
     assert test["difference"] == pytest.approx(0.125) and test["standard_error"] == pytest.approx(sd / 2)
     from scipy.stats import t as student_t
 
     assert test["p_value"] == pytest.approx(2 * student_t.sf(0.125 / (sd / 2), df=3)) and test["users"] == 4
-    assert per_user.paired_test([1.0, 2.0], [0.0, 1.0])["p_value"] == 0.0  # the same gain for every user
-    assert per_user.paired_test([1.0, 2.0], [1.0, 2.0])["p_value"] == 1.0
+    assert evaluation.paired_test([1.0, 2.0], [0.0, 1.0])["p_value"] == 0.0  # the same gain for every user
+    assert evaluation.paired_test([1.0, 2.0], [1.0, 2.0])["p_value"] == 1.0
 
 
 def test_entries_are_tested_against_the_best_validated_gru4recpaper_with_seeds_averaged_per_user(tmp_path):
@@ -122,7 +122,7 @@ def test_entries_are_tested_against_the_best_validated_gru4recpaper_with_seeds_a
     for (model, config_name, seed), ndcg in per_seed.items():
         row = run_row(model, seed, float(ndcg.mean()), valid=0.9 if config_name == "tuned" else 0.1, config_name=config_name)
         metrics = {name: ndcg if name == "ndcg@10" else np.zeros(40) for name in TABLE_METRICS}
-        per_user.save(tmp_path / row["per_user_file"], users if model != "NARM" else users[::-1],
+        evaluation.save(tmp_path / row["per_user_file"], users if model != "NARM" else users[::-1],
                       {name: (values if model != "NARM" else values[::-1]) for name, values in metrics.items()})
         rows.append(row)
     comparisons = paired_comparisons(HEADER, rows, str(tmp_path))

@@ -109,11 +109,11 @@ def paired_comparisons(header, rows, folder):
     if reference is None:
         return comparisons
 
-    from recbole_gru4rec import per_user  # numpy, scipy and RecBole's evaluator: only when a table is written
+    from recbole_gru4rec import evaluation  # numpy, scipy and RecBole's evaluator: only when a table is written
 
     def user_runs(runs):
         paths = [os.path.join(folder, run["per_user_file"]) for run in runs if run.get("per_user_file")]
-        return [per_user.load(path) for path in paths] if len(paths) == len(runs) and all(map(os.path.isfile, paths)) else None
+        return [evaluation.load(path) for path in paths] if len(paths) == len(runs) and all(map(os.path.isfile, paths)) else None
 
     reference_runs = user_runs(groups[reference])
     if reference_runs is None:
@@ -124,11 +124,11 @@ def paired_comparisons(header, rows, folder):
             continue
         tests = {}
         for metric in TABLE_METRICS:
-            users, values = per_user.seed_mean(loaded, metric)
-            reference_users, reference_values = per_user.seed_mean(reference_runs, metric)
+            users, values = evaluation.seed_mean(loaded, metric)
+            reference_users, reference_values = evaluation.seed_mean(reference_runs, metric)
             if users != reference_users:
                 raise ValueError(f"{key} and {reference} were tested on different users")
-            tests[metric] = per_user.paired_test(values, reference_values)
+            tests[metric] = evaluation.paired_test(values, reference_values)
         comparisons["tests"][key] = tests
     return comparisons
 

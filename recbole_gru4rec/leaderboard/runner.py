@@ -32,7 +32,7 @@ PROTOCOL_KEYS = (
     "seed", "reproducibility", "dataset", "data_path", "load_col", "eval_args", "metrics", "topk", "valid_metric",
     "valid_metric_bigger", "eval_batch_size", "epochs", "stopping_step", "eval_step", "MAX_ITEM_LIST_LENGTH",
     "user_inter_num_interval", "item_inter_num_interval", "val_interval", "rm_dup_inter", "filter_inter_by_user_or_item",
-    "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "use_gpu", "gpu_id", "checkpoint_dir",
+    "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "use_gpu", "gpu_id", "checkpoint_dir", "eval_ties",
 )
 # Protocol keys that may differ between the runs of one leaderboard: each row records its own.
 PER_RUN_KEYS = ("seed",)

@@ -1,7 +1,15 @@
-"""Per-user test metrics: recorded during RecBole's evaluation, saved beside a result, compared by a paired test.
+"""RecBole's evaluation with two additions, for every model: a tie policy and per-user results.
 
-A leaderboard row's mean NDCG@10 says little on its own when two models differ by less than the seed moves
-them; the per-user values let two rows be compared user by user (:func:`paired_test`).
+* ``eval_ties``: where a target goes among items with exactly its score. ``recbole`` (default): wherever
+  ``torch.topk`` puts it (RecBole's own behaviour); ``optimistic``: before every tied item (the author's
+  ``standard``: rank = 1 + number of items scored higher); ``conservative``: after them (the author's default);
+  ``median``: the middle of the tied positions (the earlier middle when their number is even; the author's
+  code uses the fractional mean rank there).
+* Per-user test metrics: recorded during evaluation, saved beside a result (:func:`save`) and compared
+  between runs by a paired test (:func:`paired_test`). A leaderboard row's mean NDCG@10 says little on its own
+  when two models differ by less than the seed moves them.
+
+:func:`~recbole_gru4rec.registry.register` makes RecBole's trainers build these collector and evaluator.
 """
 
 import inspect
@@ -9,20 +17,62 @@ import math
 import os
 
 import numpy as np
+import torch
 from recbole.evaluator import Collector, Evaluator
 from recbole.evaluator.base_metric import TopkMetric
 from recbole.evaluator.register import metrics_dict
 
+from recbole_gru4rec.errors import UsageError
+
 USERS = "rec.users"
+TIE_POLICIES = ("recbole", "optimistic", "conservative", "median")
+
+
+def tie_policy(config):
+    """The config's ``eval_ties``, checked: a one-line error names a bad value or a split it cannot serve."""
+    policy = config["eval_ties"] if "eval_ties" in config and config["eval_ties"] is not None else "recbole"
+    if policy not in TIE_POLICIES:
+        raise UsageError(f"eval_ties={policy!r} is not allowed: expected one of {', '.join(TIE_POLICIES)}")
+    split = (config["eval_args"] or {}).get("split") or {}
+    if policy != "recbole" and "LS" not in split:
+        raise UsageError(f"eval_ties={policy} needs a leave-one-out split (eval_args: split: {{LS: ...}}), "
+                         f"one target per evaluated row; this config splits by {split}")
+    return policy
+
+
+def hits_by_policy(scores, positive_u, positive_i, max_k, policy):
+    """RecBole's ``rec.topk`` rows (a 1 at the target's position if within ``max_k``, then the number of
+    targets, 1) with the target placed among its ties as ``policy`` says."""
+    rows = scores.shape[0]
+    if len(positive_u) != rows or torch.bincount(positive_u, minlength=rows).ne(1).any():
+        raise ValueError(f"eval_ties={policy} needs one target per evaluated row: {len(positive_u)} targets for {rows} rows")
+    target = torch.empty(rows, dtype=scores.dtype, device=scores.device)
+    target[positive_u] = scores[positive_u, positive_i]
+    higher = (scores > target[:, None]).sum(1)
+    tied_others = (scores == target[:, None]).sum(1) - 1
+    position = higher + {"optimistic": 0, "conservative": tied_others, "median": tied_others // 2}[policy]
+    hits = torch.zeros(rows, max_k + 1, dtype=torch.int, device=scores.device)
+    inside = position < max_k
+    hits[inside.nonzero().squeeze(1), position[inside]] = 1
+    hits[:, max_k] = 1
+    return hits
 
 
 class UserRecordingCollector(Collector):
-    """RecBole's collector that also keeps, row by row, the user each evaluated row belongs to."""
+    """RecBole's collector, keeping the user of each evaluated row and placing targets among ties by ``eval_ties``."""
+
+    def __init__(self, config):
+        self.tie_policy = tie_policy(config)
+        super().__init__(config)
 
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
-        """RecBole's collection, plus the batch's user ids (the rows of ``rec.topk``)."""
+        """RecBole's collection, with the policy's ``rec.topk`` rows and the batch's user ids."""
         super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
         if self.register.need("rec.topk"):
+            if self.tie_policy != "recbole":
+                # RecBole appended this batch's rows last; they are replaced in place (no public setter exists).
+                rows = self.data_struct._data_dict["rec.topk"]
+                rows[-len(scores_tensor):] = hits_by_policy(scores_tensor, positive_u, positive_i, max(self.topk), self.tie_policy)
             self.data_struct.update_tensor(USERS, interaction[self.config["USER_ID_FIELD"]])
 
     def get_data_struct(self):
