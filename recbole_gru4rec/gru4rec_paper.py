@@ -7,6 +7,8 @@ The 1-of-N input is a row gather of the first layer's input weights: multiplying
 matrix selects one of its rows, so the gather computes the same function without building the vector.
 """
 
+from logging import getLogger
+
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
@@ -25,6 +27,7 @@ class GRU4RecPaper(SequentialRecommender):
     """GRU4Rec trained on session-parallel mini-batches with sampled ranking losses (ICLR 2016, CIKM 2018)."""
 
     input_type = InputType.POINTWISE
+    reads_any_length = True  # recommend reads a user's whole history, not RecBole's window
 
     def __init__(self, config, dataset):
         options.fill_defaults(config)
@@ -46,6 +49,9 @@ class GRU4RecPaper(SequentialRecommender):
         self.sparse = options.sparse_gradients(config)
         self.dropout_input = config["dropout_prob_input"]
         self.dropout_hidden = config["dropout_prob_hidden"]
+        # eval_history full: evaluation carries the state through each user's whole known history.
+        self.known_histories = user_sessions(dataset) if config["eval_history"] == "full" else None
+        self._warned_partial_histories = False
 
         hidden, gates = self.hidden_size, 3 * self.hidden_size
         self.output_size = self.ff_hidden_size or hidden
@@ -126,14 +132,31 @@ class GRU4RecPaper(SequentialRecommender):
         return self._head(output), hidden
 
     def forward(self, item_seq, item_seq_len):
-        """The representation after reading each sequence from a zero state: (batch, output_size)."""
+        """The representation after reading each sequence from a zero state: (batch, output_size). Rows are
+        read longest first, and each step runs only the rows whose sequence is still going (the top layer's
+        state, its dropped output, stays as each row's sequence ends)."""
+        lengths, order = item_seq_len.sort(descending=True)
+        items = item_seq[order]
         hidden = item_seq.new_zeros((self.num_layers, len(item_seq), self.hidden_size), dtype=torch.float)
-        outputs = []
-        for position in range(int(item_seq_len.max())):
-            output, hidden = self._step(item_seq[:, position], hidden)
-            outputs.append(output)
-        last = self.gather_indexes(torch.stack(outputs, dim=1), item_seq_len - 1)
-        return self._head(last)
+        for position in range(int(lengths[0])):
+            going = int((lengths > position).sum())
+            _, stepped = self._step(items[:going, position], hidden[:, :going])
+            hidden = torch.cat([stepped, hidden[:, going:]], dim=1)
+        return self._head(hidden[-1][order.argsort()])
+
+    def _evaluated_sequences(self, interaction):
+        """The items each evaluation row is read from: RecBole's window, or the whole history (eval_history)."""
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        if self.known_histories is None:
+            return item_seq, item_seq_len
+        items, lengths, continued = self.known_histories.whole_histories(
+            interaction[self.USER_ID], item_seq, item_seq_len, self.max_seq_length)
+        cut = int((item_seq_len == self.max_seq_length).sum())
+        if continued < cut and not self._warned_partial_histories:
+            self._warned_partial_histories = True
+            getLogger().warning(f"eval_history=full: {cut - continued} of {cut} rows cut at MAX_ITEM_LIST_LENGTH continue "
+                                "no training sequence of their user; they are read from their window")
+        return items, lengths
 
     def logits(self, output, items):
         """Pre-activation scores of every output row against each of the given items: (rows, len(items))."""
@@ -169,12 +192,12 @@ class GRU4RecPaper(SequentialRecommender):
 
     def predict(self, interaction):
         """Score of the item in ``ITEM_ID`` after each sequence (the pre-activation score; same ranking)."""
-        output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        output = self.forward(*self._evaluated_sequences(interaction))
         items = interaction[self.ITEM_ID]
         return (output * self.output_weights(items)).sum(1) + self.output_bias[items]
 
     def full_sort_predict(self, interaction):
         """Scores of all items after each sequence, (batch, n_items): pre-activation, as the final activation is
         strictly increasing: the same ranking, without the ties of a saturated tanh."""
-        output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        output = self.forward(*self._evaluated_sequences(interaction))
         return output @ self.output_weights.weight.T + self.output_bias

@@ -21,6 +21,7 @@ from recbole_gru4rec.steps import activations
 
 DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "GRU4RecPaper.yaml")
 GRU_CELLS = ("paper", "pytorch")
+EVAL_HISTORIES = ("window", "full")
 LEARNERS = ("adagrad", "adagrad_momentum", "adam", "adamw", "sgd", "rmsprop")
 # Learners whose torch implementation accepts sparse gradients (see sparse_gradients).
 SPARSE_LEARNERS = ("adagrad", "adagrad_momentum", "sgd")
@@ -117,6 +118,7 @@ CHECKS = {
     "logq": _number_in(0.0),
     "session_max_targets": _int_at_least(0),
     "session_order": _one_of(SESSION_ORDERS),
+    "eval_history": _one_of(EVAL_HISTORIES),
     "learner": (lambda v: isinstance(v, str) and v.lower() in LEARNERS, "one of " + ", ".join(LEARNERS)),
     "momentum": _number_in(0.0, 1.0),
     "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),

@@ -123,7 +123,9 @@ class Recommender:
         """Top-``topk`` items after each history (lists of model item indices), as lists of dicts."""
         if topk < 1:
             raise UsageError(f"topk={topk} is not allowed: expected an integer >= 1")
-        length = min(max(len(h) for h in histories), self.max_length)
+        # A model that reads any length (an RNN) reads the whole history; others their MAX_ITEM_LIST_LENGTH window.
+        longest = max(len(h) for h in histories)
+        length = longest if getattr(self.model, "reads_any_length", False) else min(longest, self.max_length)
         sequences = torch.zeros(len(histories), length, dtype=torch.long)
         for row, history in enumerate(histories):
             recent = history[-length:]

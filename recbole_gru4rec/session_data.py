@@ -62,6 +62,35 @@ class Sessions:
         return Sessions(items, np.asarray(offsets, dtype=np.int64), np.asarray(first_times, dtype=float),
                         None if self.users is None else np.asarray(users))
 
+    def whole_histories(self, users, item_seq, item_seq_len, window):
+        """Each evaluation row's whole history, for rows that RecBole cut to their last ``window`` items.
+
+        A cut row continues its user's sequence here (validation rows: nothing after it; test rows: the
+        validation item): its history is this sequence plus the row's items after the sequence's end. The
+        overlap is the longest one, so a later item is never read into an earlier row's history, and at least
+        half the row, so a chance match of a few items does not count. Rows not cut, and rows that continue no
+        sequence here, keep their items. Returns (items, lengths, number of rows continued).
+        """
+        index_of_user = getattr(self, "_index_of_user", None)
+        if index_of_user is None:
+            index_of_user = self._index_of_user = {int(user): index for index, user in enumerate(self.users)}
+        histories, continued = [], 0
+        for user, row, length in zip(users.tolist(), item_seq.cpu().numpy(), item_seq_len.tolist()):
+            row = row[:length]
+            history = row
+            if length == window and user in index_of_user:
+                known = self.session(index_of_user[user])
+                for overlap in range(min(length, len(known)), max(length // 2, 1) - 1, -1):
+                    if np.array_equal(known[len(known) - overlap:], row[:overlap]):
+                        history, continued = np.concatenate([known, row[overlap:]]), continued + 1
+                        break
+            histories.append(history)
+        lengths = torch.tensor([len(history) for history in histories], dtype=torch.long)
+        items = torch.zeros(len(histories), int(lengths.max()), dtype=torch.long)
+        for row, history in enumerate(histories):
+            items[row, : len(history)] = torch.from_numpy(np.asarray(history, dtype=np.int64))
+        return items.to(item_seq.device), lengths.to(item_seq.device), continued
+
     def item_support(self, n_items):
         """How often each item id occurs in the training sessions (a LongTensor of ``n_items``)."""
         return torch.from_numpy(np.bincount(self.items, minlength=n_items)).long()

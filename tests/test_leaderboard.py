@@ -148,6 +148,7 @@ def test_entries_are_tested_against_the_best_validated_gru4recpaper_with_seeds_a
         ("GRU4RecPaper,GRU4RecPaper", None, "--models lists GRU4RecPaper:default twice"),
         ("GRU4RecPaper:{config}", "epochs: 5\nloss_type: BPR\n", "sets epochs: the protocol is shared by every model"),
         ("GRU4RecPaper:missing.yaml", None, "config file 'missing.yaml' does not exist"),
+        ("GRU4RecPaper:{config}+", "loss_type: BPR\n", "expected MODEL, MODEL:CONFIG.yaml or MODEL:A.yaml+B.yaml"),
     ],
 )
 def test_bad_leaderboards_are_one_line_errors(models, config_text, message, tmp_path, capsys):
@@ -157,6 +158,16 @@ def test_bad_leaderboards_are_one_line_errors(models, config_text, message, tmp_
     code = main(["--leaderboard", f"--models={models.format(config=config)}", f"--output_dir={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("run.py --leaderboard: error: ") and message in err[0]
+
+
+def test_an_entry_of_two_config_files_merges_them_in_order():
+    from recbole_gru4rec.leaderboard.runner import Entry, entry_config
+
+    entry = Entry(f"GRU4RecPaper:{REPO}/configs/GRU4RecPaper-tuned-ml-100k.yaml+{REPO}/configs/eval-history-full.yaml")
+    assert entry.key == "GRU4RecPaper:tuned-ml-100k+eval-history-full"
+    config = entry_config(entry, "ml-100k", [], {}, seed=2021)
+    assert config["eval_history"] == "full" and config["loss_type"] == "CE" and config["session_max_targets"] == 50
+    assert config["seed"] == 2021 and config["checkpoint_dir"].endswith("GRU4RecPaper-tuned-ml-100k+eval-history-full-seed2021")
 
 
 def test_labels_of_neighbouring_points_go_below_them():

@@ -143,3 +143,26 @@ def test_checkpoint_whose_dataset_is_gone(trained, tmp_path):
     shutil.rmtree(moved)
     with pytest.raises(UsageError, match="the dataset of checkpoint .* is not found: no file"):
         Recommender(checkpoint)
+
+
+def test_gru4recpaper_recommends_from_the_whole_history_and_sasrec_from_its_window(trained):
+    sessions, folder, _ = trained
+    user = max(sessions, key=lambda u: len(sessions[u]))
+    for model in ("GRU4RecPaper", "SASRec"):
+        checkpoint = pipeline.run(model, "films", overrides={"data_path": folder, "epochs": 1, "state": "ERROR",
+                                                            "MAX_ITEM_LIST_LENGTH": 5, "checkpoint_dir": f"{folder}/short-{model}"})["checkpoint"]
+        recommender = Recommender(checkpoint)
+        history = recommender.user_history(str(user))[0]
+        assert len(history) > 5
+        net = recommender.model
+        with torch.no_grad():
+            if model == "GRU4RecPaper":  # one session-parallel step per event, from a zero state: every event read
+                hidden = torch.zeros(net.num_layers, 1, net.hidden_size)
+                for item in history:
+                    output, hidden = net.session_step(torch.tensor([item]), hidden)
+                scores = (output @ net.output_weights.weight.T + net.output_bias)[0]
+            else:
+                scores = net.full_sort_predict({net.ITEM_SEQ: torch.tensor([history[-5:]]), net.ITEM_SEQ_LEN: torch.tensor([5])})[0]
+        scores[0] = float("-inf")
+        expected = [str(recommender.item_tokens[i]) for i in scores.topk(5).indices.tolist()]
+        assert [r["item_id"] for r in recommender.for_user(str(user), topk=5, exclude_seen=False)] == expected, model

@@ -39,19 +39,26 @@ PER_RUN_KEYS = ("seed",)
 
 
 class Entry:
-    """One leaderboard row to produce: a model and, optionally, the config file of its hyperparameters."""
+    """One leaderboard row to produce: a model and, optionally, the config files of its hyperparameters
+    (``MODEL:a.yaml+b.yaml``: merged in that order, later wins)."""
 
     def __init__(self, spec):
-        model, _, config_file = spec.partition(":")
-        if not model:
-            raise UsageError(f"--models entry {spec!r}: expected MODEL or MODEL:CONFIG.yaml")
+        model, _, files = spec.partition(":")
+        if not model or (files and not all(files.split("+"))):
+            raise UsageError(f"--models entry {spec!r}: expected MODEL, MODEL:CONFIG.yaml or MODEL:A.yaml+B.yaml")
         registry.get_model(model)  # a one-line error for an unknown model, before anything runs
         self.model = model
-        self.config_file = config_file or None
-        stem = os.path.splitext(os.path.basename(config_file))[0] if config_file else "default"
-        self.config_name = stem.removeprefix(f"{model}-") or stem  # GRU4RecPaper-tuned.yaml: "tuned"
-        if self.config_file is not None:
-            check_entry_config(self.config_file)
+        self.config_files = files.split("+") if files else []
+        stems = [os.path.splitext(os.path.basename(path))[0] for path in self.config_files]
+        # GRU4RecPaper-tuned.yaml: "tuned"; with eval-history-full.yaml after it: "tuned+eval-history-full"
+        self.config_name = "+".join(stem.removeprefix(f"{model}-") or stem for stem in stems) or "default"
+        for path in self.config_files:
+            check_entry_config(path)
+
+    @property
+    def config_file(self):
+        """The entry's config files as given (``a.yaml+b.yaml``), or None."""
+        return "+".join(self.config_files) or None
 
     @property
     def key(self):
@@ -172,7 +179,7 @@ def latest_last_checkpoint(folder):
 def entry_config(entry, dataset, config_files, overrides, seed=None):
     """The resolved RecBole config the entry's run will use (built here to check it before anything trains);
     ``seed`` None: the protocol's."""
-    files = list(config_files) + ([entry.config_file] if entry.config_file else [])
+    files = list(config_files) + entry.config_files
     overrides = dict(overrides) if seed is None else dict(overrides, seed=seed)
     if seed is not None:
         overrides["checkpoint_dir"] = checkpoint_dir(dataset, entry, seed)
@@ -201,7 +208,7 @@ def resumable_checkpoint(entry, config):
 
 def entry_command(entry, seed, dataset, config_files, overrides, time_budget_min, result_file, per_user_file, resume):
     """The ``run.py`` command line of one (entry, seed) run."""
-    files = list(config_files) + ([entry.config_file] if entry.config_file else [])
+    files = list(config_files) + entry.config_files
     command = [sys.executable, "-m", "recbole_gru4rec", f"--model={entry.model}", f"--dataset={dataset}"]
     if files:
         command.append(f"--config_files={','.join(files)}")
