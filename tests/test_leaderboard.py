@@ -59,6 +59,7 @@ def test_two_models_two_seeds_one_epoch_on_ml100k(tmp_path):
     board_file = tmp_path / "out" / "leaderboard-ml-100k.json"
     older = json.loads(board_file.read_text())
     older["rows"][0]["config"]["fused_step"] = True  # as rows written before it was an execution option
+    del older["rows"][0]["config"]["eval_history"]  # as rows written before the option existed (its default)
     del older["rows"][3]["seed"], older["rows"][3]["per_user_file"]  # as rows written before seeds: run again
     board_file.write_text(json.dumps(older))
     (tmp_path / "out" / "leaderboard-ml-100k-users" / "Pop-default-seed2021.npz").unlink()
@@ -158,6 +159,16 @@ def test_bad_leaderboards_are_one_line_errors(models, config_text, message, tmp_
     code = main(["--leaderboard", f"--models={models.format(config=config)}", f"--output_dir={tmp_path}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("run.py --leaderboard: error: ") and message in err[0]
+
+
+def test_a_row_from_before_an_option_existed_stands_only_for_its_default():
+    from recbole_gru4rec.leaderboard.runner import same_config
+
+    current = {"mechanisms": 2, "loss_type": "CE", "eval_history": "window", "fused_step": True}
+    assert same_config({"mechanisms": 2, "loss_type": "CE"}, current)
+    assert not same_config({"mechanisms": 2, "loss_type": "CE"}, dict(current, eval_history="full"))
+    assert not same_config({"mechanisms": 1, "loss_type": "CE", "eval_history": "window"}, current)
+    assert not same_config({"loss_type": "CE"}, {"loss_type": "CE", "hidden_size": 100})  # a baseline: exact
 
 
 def test_an_entry_of_two_config_files_merges_them_in_order():

@@ -155,6 +155,17 @@ def row_from(entry, seed, result, per_user_file):
     }
 
 
+def same_config(recorded, current):
+    """Whether a row's recorded config is the current one. Rows written before fused_step / compile_step became
+    execution options still list them; rows written before an option existed lack it, and were trained with
+    its default (an option's default keeps the earlier behaviour; a changed behaviour bumps ``mechanisms``)."""
+    recorded = options.without_execution_options(recorded)
+    defaults = options.load_defaults() if current.get("mechanisms") is not None else {}
+    missing = {key: value for key, value in current.items()
+               if key not in recorded and key in defaults and value == defaults[key]}
+    return {**recorded, **missing} == current
+
+
 def run_name(entry, seed):
     """The file-name stem of one (entry, seed) run."""
     return f"{entry.key.replace(':', '-')}-seed{seed}"
@@ -260,8 +271,7 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
         per_user_file = per_user_path(dataset, entry, seed)
         finished = board.row(entry, seed)
         if finished is not None and not rerun:
-            # Rows written before fused_step / compile_step became execution options still list them.
-            if options.without_execution_options(finished["config"]) != pipeline.comparison_config(configs[(entry.key, seed)]):
+            if not same_config(finished["config"], pipeline.comparison_config(configs[(entry.key, seed)])):
                 print(f"leaderboard: {name}: its config changed since its row was written; training it again")
             elif not os.path.isfile(os.path.join(output_dir, finished.get("per_user_file") or per_user_file)):
                 print(f"leaderboard: {name}: its row has no per-user metrics file; training it again")
