@@ -45,6 +45,9 @@ class GRU4RecPaper(SequentialRecommender):
         self.bpreg = config["bpreg"]
         self.sample_alpha = config["sample_alpha"]
         self.logq = config["logq"]
+        self.remove_accidental_hits = config["remove_accidental_hits"]
+        # loss_scale batch_size: a step's summed loss over train_batch_size (every event weighs the same); rows: its mean.
+        self.loss_divisor = config["train_batch_size"] if config["loss_scale"] == "batch_size" else None
         self.activation_name = activations.resolve(config["final_activation"], self.loss_type)
         self.sparse = options.sparse_gradients(config)
         self.dropout_input = config["dropout_prob_input"]
@@ -172,11 +175,20 @@ class GRU4RecPaper(SequentialRecommender):
             scores = scores - self.logq * correction
         return scores
 
+    def negative_ids(self, columns, targets):
+        """What tells a row's target from its negatives: the items (a copy of the target elsewhere is no negative),
+        or, with ``remove_accidental_hits: False``, the column positions (only its own column, as the author's)."""
+        if self.remove_accidental_hits:
+            return columns, targets
+        positions = torch.arange(len(columns), device=columns.device)
+        return positions, positions[: len(targets)]
+
     def loss_of_logits(self, logits, columns, targets):
         """The sampled loss of pre-activation scores (rows: outputs, columns: ``columns``, row i's target in column i)."""
         scores = self.scores(logits, columns)
-        negatives = columns[None, :] != targets[:, None]
-        return sampled_loss(self.loss_type, scores.diagonal(), scores, negatives, self.bpreg)
+        column_ids, target_ids = self.negative_ids(columns, targets)
+        negatives = column_ids[None, :] != target_ids[:, None]
+        return sampled_loss(self.loss_type, scores.diagonal(), scores, negatives, self.bpreg, self.loss_divisor)
 
     # ---- RecBole's contract ----
 

@@ -7,7 +7,9 @@ Every loss takes the same three tensors:
 * ``negatives`` (B, K) bool: which columns count as negatives for each row. A column holding the row's own
   target item (its diagonal, or the same item sampled again) is not a negative.
 
-Rows without any negative carry no ranking signal and are left out of the mean (see :func:`sampled_loss`).
+Rows without any negative carry no ranking signal and are left out (see :func:`sampled_loss`). A step's loss is
+the sum over its rows divided by ``divisor`` (the batch size, as the author's code: every training event weighs
+the same, also in an epoch's last, narrower steps), or, without one, the mean over its rows.
 Every formula is written in the log domain or with saturating functions, so scores of any size stay finite.
 """
 
@@ -57,32 +59,39 @@ def cross_entropy(positive, scores, negatives):
     return torch.logsumexp(logits, dim=1) - positive
 
 
-def cross_entropy_with_gradient(scores, columns, targets):
+def _row_weight(has_negative, divisor, dtype):
+    """Each row's weight in a step's loss: 1 / divisor, or 1 / the number of rows with a negative."""
+    rows = has_negative.to(dtype)
+    return rows / (divisor if divisor else rows.sum().clamp(min=1))
+
+
+def cross_entropy_with_gradient(scores, columns, targets, divisor=None):
     """``sampled_loss("CE", ...)`` of a score matrix whose row i has its target in column i, and its gradient
     with respect to ``scores``, written out: a softmax over each row's target and negatives, minus the target.
 
-    ``columns`` (K,) are the items of the columns, ``targets`` (B,) those of the rows. Returns (loss, gradient).
+    ``columns`` (K,) are the items of the columns, ``targets`` (B,) those of the rows; ``divisor`` as in
+    :func:`sampled_loss`. Returns (loss, gradient).
     """
     # Columns that hold a row's own target, other than its diagonal, are left out of its softmax.
     repeats = columns[None, :] == targets[:, None]
     repeats.diagonal().fill_(False)
     log_probabilities = torch.log_softmax(scores.masked_fill(repeats, float("-inf")), dim=1)
     has_negative = repeats.sum(1) < scores.shape[1] - 1
-    weight = has_negative.to(scores.dtype) / has_negative.sum().clamp(min=1)
+    weight = _row_weight(has_negative, divisor, scores.dtype)
     loss = -(log_probabilities.diagonal() * weight).sum()
     gradient = log_probabilities.exp_()
     gradient.diagonal().sub_(1.0)
     return loss, gradient.mul_(weight[:, None])
 
 
-def pairwise_with_gradient(loss_type, scores, columns, targets):
+def pairwise_with_gradient(loss_type, scores, columns, targets, divisor=None):
     """``sampled_loss("TOP1" or "BPR", ...)`` of a score matrix whose row i has its target in column i, and its
     gradient with respect to ``scores``, written out. Returns (loss, gradient)."""
     negatives = columns[None, :] != targets[:, None]
     counts = negatives.sum(1)
     has_negative = counts > 0
-    # Each negative pair's weight in the loss: the mean over a row's negatives, then over rows with negatives.
-    row_weight = has_negative.to(scores.dtype) / (counts.clamp(min=1) * has_negative.sum().clamp(min=1))
+    # Each negative pair's weight in the loss: the mean over a row's negatives, times the row's weight.
+    row_weight = _row_weight(has_negative, divisor, scores.dtype) / counts.clamp(min=1)
     pair_weight = negatives * row_weight[:, None]
     difference = scores - scores.diagonal()[:, None]
     ranking = torch.sigmoid(difference)
@@ -101,8 +110,9 @@ def pairwise_with_gradient(loss_type, scores, columns, targets):
     return loss, gradient
 
 
-def sampled_loss(loss_type, positive, scores, negatives, bpreg=0.0):
-    """Mean loss of ``loss_type`` (one of :data:`LOSS_TYPES`) over the rows that have at least one negative."""
+def sampled_loss(loss_type, positive, scores, negatives, bpreg=0.0, divisor=None):
+    """The loss of ``loss_type`` (one of :data:`LOSS_TYPES`) summed over the rows that have at least one negative,
+    divided by ``divisor``; without one, their mean."""
     has_negative = negatives.any(1)
     # A row without negatives gets every column as a stand-in mask, so its (discarded) value stays finite;
     # this keeps the step free of host/device synchronisation.
@@ -119,5 +129,4 @@ def sampled_loss(loss_type, positive, scores, negatives, bpreg=0.0):
         per_row = cross_entropy(positive, scores, negatives)
     else:
         raise ValueError(f"loss_type={loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
-    weight = has_negative.to(per_row.dtype)
-    return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
+    return (per_row * _row_weight(has_negative, divisor, per_row.dtype)).sum()

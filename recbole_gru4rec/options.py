@@ -22,6 +22,7 @@ from recbole_gru4rec.steps import activations
 DEFAULTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "GRU4RecPaper.yaml")
 GRU_CELLS = ("paper", "pytorch")
 EVAL_HISTORIES = ("window", "full")
+LOSS_SCALES = ("batch_size", "rows")
 LEARNERS = ("adagrad", "adagrad_momentum", "adam", "adamw", "sgd", "rmsprop")
 # Learners whose torch implementation accepts sparse gradients (see sparse_gradients).
 SPARSE_LEARNERS = ("adagrad", "adagrad_momentum", "sgd")
@@ -88,8 +89,9 @@ def _one_of(choices):
 # The version of GRU4RecPaper's mechanisms, recorded in every result so that rows trained by older code are told
 # apart (the leaderboard trains them again). 1 (rows without it): PyTorch's GRU cell, eps outside Adagrad's root,
 # the undropped state carried, logQ of normalised popularity on every column, final_activation tanh by default.
-# 2: the paper's GRU cell and the author's way for the other four (README, Faithfulness).
-MECHANISMS = 2
+# 2: the paper's GRU cell and the author's way for the other four (README, Faithfulness). 3: a step's loss summed
+# over its rows and divided by the batch size (loss_scale: batch_size), not averaged over its rows.
+MECHANISMS = 3
 
 # Options that choose how a step is computed, not what: the updates are the same up to float rounding (tested).
 # A run resumes across them, and a leaderboard row stands for both; rows record them under "execution".
@@ -116,6 +118,8 @@ CHECKS = {
     "sample_alpha": _number_in(0.0),
     "bpreg": _number_in(0.0),
     "logq": _number_in(0.0),
+    "remove_accidental_hits": (lambda v: isinstance(v, bool), "True or False"),
+    "loss_scale": _one_of(LOSS_SCALES),
     "session_max_targets": _int_at_least(0),
     "session_order": _one_of(SESSION_ORDERS),
     "eval_history": _one_of(EVAL_HISTORIES),

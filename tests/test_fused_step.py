@@ -28,6 +28,12 @@ SETTINGS = {
                                          "n_sample": 16, "final_activation": "elu-1"},
     "TOP1-max, momentum": {"loss_type": "TOP1-max", "learner": "adagrad_momentum", "momentum": 0.4, "n_sample": 8},
     "PyTorch's GRU cell, two layers, dropout": {"gru_cell": "pytorch", "num_layers": 2, "dropout_prob_input": 0.2},
+    "CE, target copies as negatives": {"loss_type": "CE", "final_activation": "linear", "n_sample": 32,
+                                                "remove_accidental_hits": False},
+    "BPR, target copies as negatives": {"loss_type": "BPR", "n_sample": 16, "remove_accidental_hits": False},
+    "CE, each step's mean (loss_scale rows)": {"loss_type": "CE", "final_activation": "linear", "n_sample": 8,
+                                                        "loss_scale": "rows"},
+    "TOP1, each step's mean (loss_scale rows)": {"n_sample": 8, "loss_scale": "rows"},
 }
 
 
@@ -105,6 +111,8 @@ CPP_SETTINGS = {
     "BPR, two layers, momentum, 8 negatives": {"loss_type": "BPR", "num_layers": 2, "learner": "adagrad_momentum",
                                                "momentum": 0.3, "n_sample": 8},
     "PyTorch's GRU cell, two layers, dropout": SETTINGS["PyTorch's GRU cell, two layers, dropout"],
+    **{name: SETTINGS[name] for name in ("CE, target copies as negatives", "BPR, target copies as negatives",
+                                         "CE, each step's mean (loss_scale rows)", "TOP1, each step's mean (loss_scale rows)")},
 }
 
 

@@ -48,7 +48,8 @@ def test_logq_subtracts_log_popularity_and_alpha_times_it_for_the_extra_negative
     targets = columns[:2]
     masked = expected.clone()
     masked[1, 4] = float("-inf")  # row 1's target (item 1) sampled again
-    manual = (torch.logsumexp(masked, dim=1) - expected.diagonal()).mean()
+    # Summed over the rows, divided by the batch size (the author's loss scale; here 2 rows of a batch of 50).
+    manual = (torch.logsumexp(masked, dim=1) - expected.diagonal()).sum() / ml100k[0]["train_batch_size"]
     torch.testing.assert_close(model.loss_of_logits(logits, columns, targets), manual)
 
 
@@ -172,3 +173,44 @@ def test_the_gru_is_the_papers_reset_before_the_recurrent_matrix(ml100k):
     reference_grads = torch.autograd.grad(reference[[5, 17, 300]].sum(), weights)
     for ours_grad, reference_grad in zip(ours_grads, reference_grads):
         torch.testing.assert_close(ours_grad.to_dense(), reference_grad.to_dense(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("remove", [True, False])
+def test_accidental_hits_are_negatives_only_in_the_authors_way(ml100k, remove):
+    # Row 0's target (item 5) is also column 2 (a sampled copy); row 1's target (item 7) has no copy.
+    model = model_with(ml100k, loss_type="CE", final_activation="linear", remove_accidental_hits=remove, loss_scale="rows")
+    logits = torch.tensor([[2.0, 0.5, 2.0, -1.0], [0.3, 1.5, 0.0, 0.7]])
+    columns, targets = torch.tensor([5, 7, 5, 9]), torch.tensor([5, 7])
+    kept = [[0, 1, 3], [0, 1, 2, 3]] if remove else [[0, 1, 2, 3], [0, 1, 2, 3]]  # row 0 drops the copy, or not
+    expected = sum(torch.logsumexp(logits[row, kept[row]], 0) - logits[row, row] for row in range(2)) / 2
+    torch.testing.assert_close(model.loss_of_logits(logits, columns, targets), expected)
+    from recbole_gru4rec.steps.fused import loss_and_gradient
+
+    loss, gradient = loss_and_gradient(model, logits, columns, targets)  # the written-out path agrees
+    leaf = logits.clone().requires_grad_()
+    model.loss_of_logits(leaf, columns, targets).backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(gradient, leaf.grad)
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+@pytest.mark.parametrize("scale", ["batch_size", "rows"])
+def test_a_narrow_steps_loss_is_its_rows_sum_over_the_batch_size_as_the_authors(ml100k, loss_type, scale):
+    # 3 sessions left in a batch of 5 (an epoch's end): the author's code divides their summed loss by 5.
+    model = model_with(ml100k, loss_type=loss_type, final_activation="linear", loss_scale=scale, train_batch_size=5)
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.3], [0.3, 1.5, 0.0, 0.7], [1.0, -1.0, 0.2, 0.1]])
+    columns, targets = torch.tensor([5, 7, 9, 11]), torch.tensor([5, 7, 9])
+    if loss_type == "CE":  # -log softmax of the target
+        per_row = [torch.logsumexp(logits[row], 0) - logits[row, row] for row in range(3)]
+    else:  # the mean over the row's negatives of -log sigmoid(r_i - r_j)
+        per_row = [-torch.nn.functional.logsigmoid(logits[row, row] - logits[row, [j for j in range(4) if j != row]]).mean()
+                   for row in range(3)]
+    expected = sum(per_row) / (5 if scale == "batch_size" else 3)
+    torch.testing.assert_close(model.loss_of_logits(logits, columns, targets), expected)
+    from recbole_gru4rec.steps.fused import loss_and_gradient
+
+    loss, gradient = loss_and_gradient(model, logits, columns, targets)  # the written-out path agrees
+    leaf = logits.clone().requires_grad_()
+    model.loss_of_logits(leaf, columns, targets).backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(gradient, leaf.grad)

@@ -98,7 +98,8 @@ class CppTrainingSteps:
                 negatives = torch.stack([model.negatives.next(steps.items.device) for _ in range(last - first)])
             losses, hidden = self.extension.train_steps(
                 dense, list(sums), velocities, input_rows, output_rows, len(self.fused.hidden_layers),
-                self.fused.feedforward is not None, model.reset_before, LOSS_CODES[model.loss_type], self.activation,
+                self.fused.feedforward is not None, model.reset_before, LOSS_CODES[model.loss_type],
+                model.remove_accidental_hits, model.loss_divisor or 0, self.activation,
                 self.elu_alpha,
                 float(model.logq), float(model.sample_alpha), log_popularity, float(model.dropout_input),
                 float(model.dropout_hidden),

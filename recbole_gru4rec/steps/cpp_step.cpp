@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -31,6 +32,8 @@ struct Settings {
   int64_t num_layers;
   bool feedforward, reset_before;
   Loss loss;
+  bool remove_accidental_hits;
+  int64_t loss_divisor;  // a step's summed loss over this (the batch size); 0: over its rows with a negative
   Activation activation;
   double elu_alpha;
   double logq, sample_alpha;
@@ -146,7 +149,8 @@ struct ColumnIndex {
 // Sampled cross-entropy on linear scores (cross_entropy_with_gradient): row i's target is column i; a column
 // holding row i's target elsewhere is left out of its softmax. Returns (loss, gradient on the scores).
 // The rows are independent but for the count of rows with a negative: they are split between the threads.
-std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* targets, const ColumnIndex& index) {
+std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* targets, const ColumnIndex& index,
+                                        int64_t divisor) {
   const int64_t rows = scores.size(0), width = scores.size(1), grain = 16;
   const float minus_infinity = -std::numeric_limits<float>::infinity();
   Tensor probabilities = at::empty_like(scores);
@@ -190,7 +194,7 @@ std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* tar
     }
   });
   const int64_t with_negative = std::count(has_negative.begin(), has_negative.end(), 1);
-  const float scale = 1.0f / static_cast<float>(std::max<int64_t>(with_negative, 1));
+  const float scale = 1.0f / static_cast<float>(divisor > 0 ? divisor : std::max<int64_t>(with_negative, 1));
   double loss = 0.0;
   for (int64_t i = 0; i < rows; ++i) {
     const float weight = has_negative[i] ? scale : 0.0f;
@@ -205,7 +209,8 @@ std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* tar
 
 // TOP1 or BPR over the scores (pairwise_with_gradient): the mean over each row's negatives (columns holding
 // another item than its target), then over the rows that have one. Returns (loss, gradient on the scores).
-std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const int64_t* targets, const ColumnIndex& index) {
+std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const int64_t* targets, const ColumnIndex& index,
+                                   int64_t divisor) {
   const int64_t rows = scores.size(0), width = scores.size(1);
   const float* score = scores.data_ptr<float>();
   Tensor difference = at::empty_like(scores);
@@ -219,7 +224,7 @@ std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const i
   }
   for (int64_t i = 0; i < rows; ++i) {
     const float row_weight = counts[i] > 0
-        ? 1.0f / static_cast<float>(std::max<int64_t>(counts[i], 1) * std::max<int64_t>(with_negative, 1))
+        ? 1.0f / static_cast<float>(std::max<int64_t>(counts[i], 1) * (divisor > 0 ? divisor : std::max<int64_t>(with_negative, 1)))
         : 0.0f;
     float* __restrict__ weight = pair_weight.data() + i * width;
     const float* __restrict__ row = score + i * width;
@@ -272,22 +277,31 @@ std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const i
 std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& columns, const Tensor& targets,
                                             const std::optional<Tensor>& log_popularity, int64_t n_items,
                                             const Settings& s) {
+  // What tells a row's target from its negatives (GRU4RecPaper.negative_ids): the items, or the column positions.
+  const int64_t width = columns.size(0);
+  std::vector<int64_t> positions;
   const int64_t* target = targets.data_ptr<int64_t>();
-  const ColumnIndex index(columns.data_ptr<int64_t>(), columns.size(0), n_items);
+  const int64_t* column_id = columns.data_ptr<int64_t>();
+  if (!s.remove_accidental_hits) {
+    positions.resize(width);
+    std::iota(positions.begin(), positions.end(), int64_t{0});
+    target = column_id = positions.data();
+  }
+  const ColumnIndex index(column_id, width, s.remove_accidental_hits ? n_items : width);
   if (s.loss == CROSS_ENTROPY) {  // on linear scores: the gradient on the scores is the one on the logits
     Tensor scores = logits;
     if (s.logq > 0) {  // GRU4RecPaper.scores: log popularity for the mini-batch's targets, times alpha for the rest
       Tensor correction = log_popularity->index_select(0, columns);
-      const int64_t in_batch = logits.size(0), width = columns.size(0);
+      const int64_t in_batch = logits.size(0);
       if (width > in_batch) correction.narrow(0, in_batch, width - in_batch).mul_(s.sample_alpha);
       scores = logits - s.logq * correction;
     }
-    return cross_entropy(scores.contiguous(), target, index);
+    return cross_entropy(scores.contiguous(), target, index, s.loss_divisor);
   }
   Tensor scores = logits;
   if (s.activation == TANH) scores = at::tanh(logits);
   else if (s.activation == ELU) scores = at::elu(logits, s.elu_alpha);
-  auto [loss, gradient] = pairwise(s.loss, scores.contiguous(), target, index);
+  auto [loss, gradient] = pairwise(s.loss, scores.contiguous(), target, index, s.loss_divisor);
   float* __restrict__ grad = gradient.data_ptr<float>();
   const float* __restrict__ score = scores.data_ptr<float>();
   const float* __restrict__ logit = logits.data_ptr<float>();
@@ -582,13 +596,15 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
                                        std::vector<Tensor> velocities, std::vector<Tensor> input_rows,
                                        std::vector<Tensor> output_rows, int64_t num_layers, bool feedforward,
                                        bool reset_before,
-                                       int64_t loss, int64_t activation, double elu_alpha, double logq,
+                                       int64_t loss, bool remove_accidental_hits, int64_t loss_divisor,
+                                       int64_t activation, double elu_alpha, double logq,
                                        double sample_alpha, std::optional<Tensor> log_popularity, double dropout_input,
                                        double dropout_hidden, double lr, double momentum, double eps, Tensor items,
                                        Tensor targets, Tensor carry, Tensor previous_rows, std::vector<int64_t> bounds,
                                        std::optional<Tensor> negatives, std::optional<Tensor> hidden) {
   c10::NoGradGuard no_grad;
-  const Settings settings{num_layers, feedforward, reset_before, static_cast<Loss>(loss), static_cast<Activation>(activation),
+  const Settings settings{num_layers, feedforward, reset_before, static_cast<Loss>(loss), remove_accidental_hits, loss_divisor,
+                          static_cast<Activation>(activation),
                           elu_alpha, logq, sample_alpha, dropout_input, dropout_hidden, static_cast<float>(lr),
                           static_cast<float>(momentum), static_cast<float>(eps)};
   const Parameters params{dense, num_layers};

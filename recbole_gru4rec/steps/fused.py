@@ -42,11 +42,12 @@ def unfused_reason(model, optimizer, config):
 def loss_and_gradient(model, logits, columns, targets):
     """``model.loss_of_logits`` and its gradient with respect to ``logits``: written out for TOP1 and BPR, and
     for cross-entropy on linear scores; from autograd on the (B, K) score matrix for the other losses."""
+    column_ids, target_ids = model.negative_ids(columns, targets)
     if model.loss_type == "CE" and model.activation_name == "linear":
-        return cross_entropy_with_gradient(model.scores(logits, columns), columns, targets)
+        return cross_entropy_with_gradient(model.scores(logits, columns), column_ids, target_ids, model.loss_divisor)
     if model.loss_type in ("TOP1", "BPR"):  # logq > 0 needs CE: here the scores are the activation's
         scores = model.scores(logits, columns)
-        loss, gradient = pairwise_with_gradient(model.loss_type, scores, columns, targets)
+        loss, gradient = pairwise_with_gradient(model.loss_type, scores, column_ids, target_ids, model.loss_divisor)
         return loss, gradient.mul_(activations.slope(model.activation_name, logits, scores))
     with torch.enable_grad():
         logits = logits.detach().requires_grad_()
