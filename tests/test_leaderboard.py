@@ -96,6 +96,18 @@ def test_markdown_marks_time_budgeted_rows_and_shared_cores():
     assert "| NARM | 1, 2 | nan | nan | 0.3000 ± 0.1414 | " in table and "| early_stopping | none | 10.00 † | 30 † |" in table
 
 
+def test_two_commands_writing_one_leaderboard_keep_each_others_rows(tmp_path):
+    from recbole_gru4rec.leaderboard.report import Leaderboard
+    from recbole_gru4rec.leaderboard.runner import Entry
+
+    first, second = Leaderboard("d", str(tmp_path)), Leaderboard("d", str(tmp_path))  # both started on an empty folder
+    header = dict(HEADER, versions={}, machine=HEADER["machine"])
+    first.add(Entry("Pop"), 1, run_row("Pop", 1, 0.1, config={}), header)
+    second.add(Entry("GRU4Rec"), 1, run_row("GRU4Rec", 1, 0.2, config={}), header)
+    rows = json.loads((tmp_path / "leaderboard-d.json").read_text())["rows"]
+    assert [(row["model"], row["seed"]) for row in rows] == [("Pop", 1), ("GRU4Rec", 1)]
+
+
 def test_paired_test_matches_the_t_statistic_by_hand():
     a, b = [0.5, 0.0, 1.0, 0.25], [0.25, 0.0, 0.5, 0.5]  # differences 0.25, 0, 0.5, -0.25: mean 0.125
     sd = ((0.125 ** 2 + 0.125 ** 2 + 0.375 ** 2 + 0.375 ** 2) / 3) ** 0.5

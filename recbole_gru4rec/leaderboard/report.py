@@ -33,6 +33,10 @@ class Leaderboard:
         self.folder = output_dir
         self.json_file = os.path.join(output_dir, f"leaderboard-{dataset}.json")
         self.header, self.rows = None, []
+        self.reload()
+
+    def reload(self):
+        """Read the rows written so far (by this command or another one writing into the same folder)."""
         if os.path.isfile(self.json_file):
             with open(self.json_file, encoding="utf-8") as f:
                 saved = json.load(f)
@@ -43,7 +47,9 @@ class Leaderboard:
         return next((row for row in self.rows if entry_key(row) == entry.key and row_seed(row) == seed), None)
 
     def add(self, entry, seed, row, header):
-        """Record one finished run (replacing an older one of the same entry and seed) and rewrite every output."""
+        """Record one finished run (replacing an older one of the same entry and seed) and rewrite every output;
+        rows another command wrote meanwhile are kept."""
+        self.reload()
         self.header = header
         self.rows = [old for old in self.rows if (entry_key(old), row_seed(old)) != (entry.key, seed)] + [row]
         self.write()
