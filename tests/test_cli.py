@@ -34,7 +34,8 @@ def run_cli(args, capsys):
     [
         (["--model=Foo"], "unknown model 'Foo'"),
         (["--loss_type=HINGE"], "loss_type='HINGE' is not allowed: expected one of TOP1, BPR, TOP1-max, BPR-max, CE"),
-        (["--final_activation=relu"], "final_activation='relu' is not allowed: expected auto, tanh, linear or elu-<alpha>"),
+        (["--final_activation=softmax"], "final_activation='softmax' is not allowed: expected auto, tanh, linear, relu, "
+                                         "leaky-<slope>, elu-<alpha> or selu-<lambda>-<alpha>"),
         (["--train_batch_size=0"], "train_batch_size=0 is not allowed: expected an integer >= 1"),
         (["--hidden_size=-5"], "hidden_size=-5 is not allowed: expected an integer >= 1"),
         (["--n_sample=-1"], "n_sample=-1 is not allowed: expected an integer >= 0"),

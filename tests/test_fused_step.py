@@ -34,6 +34,9 @@ SETTINGS = {
     "CE, each step's mean (loss_scale rows)": {"loss_type": "CE", "final_activation": "linear", "n_sample": 8,
                                                         "loss_scale": "rows"},
     "TOP1, each step's mean (loss_scale rows)": {"n_sample": 8, "loss_scale": "rows"},
+    "BPR, leaky-0.1": {"loss_type": "BPR", "final_activation": "leaky-0.1", "n_sample": 8},
+    "TOP1, selu-1.05-1.67": {"final_activation": "selu-1.05-1.67", "n_sample": 8},
+    "TOP1, relu": {"final_activation": "relu"},
 }
 
 
@@ -112,7 +115,8 @@ CPP_SETTINGS = {
                                                "momentum": 0.3, "n_sample": 8},
     "PyTorch's GRU cell, two layers, dropout": SETTINGS["PyTorch's GRU cell, two layers, dropout"],
     **{name: SETTINGS[name] for name in ("CE, target copies as negatives", "BPR, target copies as negatives",
-                                         "CE, each step's mean (loss_scale rows)", "TOP1, each step's mean (loss_scale rows)")},
+                                         "CE, each step's mean (loss_scale rows)", "TOP1, each step's mean (loss_scale rows)",
+                                         "BPR, leaky-0.1", "TOP1, selu-1.05-1.67", "TOP1, relu")},
 }
 
 

@@ -135,3 +135,23 @@ def test_activation_slope_is_the_derivative(name):
     scores = activations.apply(name, logits)
     scores.sum().backward()
     torch.testing.assert_close(activations.slope(name, logits.detach(), scores.detach()), logits.grad)
+
+
+@pytest.mark.parametrize("name,formula", [
+    ("relu", lambda x: torch.clamp(x, min=0)),
+    ("leaky-0.1", lambda x: torch.where(x > 0, x, 0.1 * x)),
+    ("elu-0.5", lambda x: torch.where(x > 0, x, 0.5 * (torch.exp(x) - 1))),
+    ("selu-1.05-1.67", lambda x: 1.05 * torch.where(x > 0, x, 1.67 * (torch.exp(x) - 1))),
+    ("tanh", torch.tanh),
+    ("linear", lambda x: x),
+])
+def test_final_activations_are_the_authors_formulas_with_their_slopes(name, formula):
+    from recbole_gru4rec.steps import activations
+
+    logits = torch.linspace(-3, 3, 13, dtype=torch.float64).requires_grad_()  # 0 exactly is among them
+    expected = formula(logits)
+    torch.testing.assert_close(activations.apply(name, logits.detach()), expected.detach())
+    (derivative,) = torch.autograd.grad(expected.sum(), logits)
+    slope = activations.slope(name, logits.detach(), expected.detach())
+    away_from_zero = logits.detach() != 0  # the kinks: either one-sided slope is a subgradient
+    torch.testing.assert_close(slope[away_from_zero].double(), derivative[away_from_zero])

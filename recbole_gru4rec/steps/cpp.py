@@ -69,7 +69,7 @@ class CppTrainingSteps:
         self.model, self.optimizer, self.state = model, optimizer, state
         self.fused = FusedTrainingStep(model, optimizer, state)
         self.extension = load_extension()
-        kind, self.elu_alpha = activations.parse(model.activation_name)
+        kind, self.alpha, self.scale = activations.parse(model.activation_name)
         self.activation = activations.CPP_CODES[kind]
 
     def _row_tensors(self, weight):
@@ -100,7 +100,7 @@ class CppTrainingSteps:
                 dense, list(sums), velocities, input_rows, output_rows, len(self.fused.hidden_layers),
                 self.fused.feedforward is not None, model.reset_before, LOSS_CODES[model.loss_type],
                 model.remove_accidental_hits, model.loss_divisor or 0, self.activation,
-                self.elu_alpha,
+                self.alpha, self.scale,
                 float(model.logq), float(model.sample_alpha), log_popularity, float(model.dropout_input),
                 float(model.dropout_hidden),
                 float(group["lr"]), float(group["momentum"]), float(group["eps"]),

@@ -26,7 +26,7 @@ namespace {
 using at::Tensor;
 
 enum Loss { CROSS_ENTROPY = 0, TOP1 = 1, BPR = 2 };
-enum Activation { LINEAR = 0, TANH = 1, ELU = 2 };
+enum Activation { LINEAR = 0, TANH = 1, ELU = 2, RELU = 3, LEAKY = 4, SELU = 5 };  // steps/activations.py
 
 struct Settings {
   int64_t num_layers;
@@ -35,7 +35,7 @@ struct Settings {
   bool remove_accidental_hits;
   int64_t loss_divisor;  // a step's summed loss over this (the batch size); 0: over its rows with a negative
   Activation activation;
-  double elu_alpha;
+  double alpha, scale;  // ELU / SELU alpha or the leaky slope; SELU's lambda (1 otherwise)
   double logq, sample_alpha;
   double dropout_input, dropout_hidden;
   float lr, momentum, eps;
@@ -300,7 +300,9 @@ std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& 
   }
   Tensor scores = logits;
   if (s.activation == TANH) scores = at::tanh(logits);
-  else if (s.activation == ELU) scores = at::elu(logits, s.elu_alpha);
+  else if (s.activation == RELU) scores = at::relu(logits);
+  else if (s.activation == LEAKY) scores = at::leaky_relu(logits, s.alpha);
+  else if (s.activation == ELU || s.activation == SELU) scores = at::elu(logits, s.alpha).mul_(s.scale);
   auto [loss, gradient] = pairwise(s.loss, scores.contiguous(), target, index, s.loss_divisor);
   float* __restrict__ grad = gradient.data_ptr<float>();
   const float* __restrict__ score = scores.data_ptr<float>();
@@ -309,10 +311,14 @@ std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& 
   if (s.activation == TANH) {  // times the activation's slope
 #pragma omp simd
     for (int64_t k = 0; k < n; ++k) grad[k] *= 1 - score[k] * score[k];
-  } else if (s.activation == ELU) {
-    const float alpha = static_cast<float>(s.elu_alpha);
+  } else if (s.activation != LINEAR) {  // activations.slope: piecewise on the sign of the logit
+    const float alpha = static_cast<float>(s.alpha), scale = static_cast<float>(s.scale);
+    const bool relu = s.activation == RELU, leaky = s.activation == LEAKY;
 #pragma omp simd
-    for (int64_t k = 0; k < n; ++k) grad[k] *= logit[k] > 0 ? 1.0f : score[k] + alpha;
+    for (int64_t k = 0; k < n; ++k) {
+      const float below = relu ? 0.0f : leaky ? alpha : score[k] + scale * alpha;
+      grad[k] *= logit[k] > 0 ? scale : below;
+    }
   }
   return {loss, gradient};
 }
@@ -597,7 +603,7 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
                                        std::vector<Tensor> output_rows, int64_t num_layers, bool feedforward,
                                        bool reset_before,
                                        int64_t loss, bool remove_accidental_hits, int64_t loss_divisor,
-                                       int64_t activation, double elu_alpha, double logq,
+                                       int64_t activation, double alpha, double scale, double logq,
                                        double sample_alpha, std::optional<Tensor> log_popularity, double dropout_input,
                                        double dropout_hidden, double lr, double momentum, double eps, Tensor items,
                                        Tensor targets, Tensor carry, Tensor previous_rows, std::vector<int64_t> bounds,
@@ -605,7 +611,7 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
   c10::NoGradGuard no_grad;
   const Settings settings{num_layers, feedforward, reset_before, static_cast<Loss>(loss), remove_accidental_hits, loss_divisor,
                           static_cast<Activation>(activation),
-                          elu_alpha, logq, sample_alpha, dropout_input, dropout_hidden, static_cast<float>(lr),
+                          alpha, scale, logq, sample_alpha, dropout_input, dropout_hidden, static_cast<float>(lr),
                           static_cast<float>(momentum), static_cast<float>(eps)};
   const Parameters params{dense, num_layers};
   RowParameter input(input_rows), output(output_rows);
