@@ -16,7 +16,7 @@ from torch import nn
 
 from recbole_gru4rec import options
 from recbole_gru4rec.gru_cell import gru_cell
-from recbole_gru4rec.layers import dropout, dropout_mask, init_uniform_
+from recbole_gru4rec.layers import dropout, dropout_mask, gather, init_uniform_
 from recbole_gru4rec.losses import sampled_loss
 from recbole_gru4rec.sampling import ExtraNegatives
 from recbole_gru4rec.session_data import CARRY_FIELD, user_sessions
@@ -59,7 +59,7 @@ class GRU4RecPaper(SequentialRecommender):
         hidden, gates = self.hidden_size, 3 * self.hidden_size
         self.output_size = self.ff_hidden_size or hidden
         self.output_weights = nn.Embedding(self.n_items, self.output_size, sparse=self.sparse)
-        self.output_bias = nn.Parameter(torch.zeros(self.n_items))  # dense gradient: a vector is cheap to update
+        self.output_bias = nn.Parameter(torch.zeros(self.n_items))  # updated at the scored items only (sparse)
         if self.constrained_embedding:
             self.item_embedding = self.output_weights
             self.input_layer = nn.Linear(self.output_size, gates)
@@ -163,7 +163,7 @@ class GRU4RecPaper(SequentialRecommender):
 
     def logits(self, output, items):
         """Pre-activation scores of every output row against each of the given items: (rows, len(items))."""
-        return torch.addmm(self.output_bias[items], output, self.output_weights(items).T)
+        return torch.addmm(gather(self.output_bias, items, self.sparse), output, self.output_weights(items).T)
 
     def scores(self, logits, columns):
         """The activated logits, minus logq * log Q for CE's logQ (CIKM 2018, as the author's code): Q is the popularity

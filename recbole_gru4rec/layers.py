@@ -22,6 +22,27 @@ def dropout(values, p, training):
     return values * dropout_mask(values, p)
 
 
+class _RowsWithSparseGradient(torch.autograd.Function):
+    """``vector[index]`` whose gradient with respect to ``vector`` is sparse: only the gathered entries."""
+
+    @staticmethod
+    def forward(ctx, vector, index):
+        ctx.save_for_backward(index)
+        ctx.size = vector.shape[0]
+        return vector.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(index[None], grad, (ctx.size,)), None
+
+
+def gather(vector, index, sparse):
+    """``vector[index]``; with ``sparse`` its gradient is a sparse tensor, so an optimizer that takes one (the
+    author's indexed Adagrad) updates only the gathered entries, as ``nn.Embedding(sparse=True)`` does for rows."""
+    return _RowsWithSparseGradient.apply(vector, index) if sparse else vector[index]
+
+
 def init_uniform_(weight, fan_in, fan_out):
     """Uniform in [-x, x] with x = sqrt(6 / (fan_in + fan_out)), the paper's rule from the matrix shape."""
     bound = math.sqrt(6.0 / (fan_in + fan_out))

@@ -214,3 +214,27 @@ def test_a_narrow_steps_loss_is_its_rows_sum_over_the_batch_size_as_the_authors(
     model.loss_of_logits(leaf, columns, targets).backward()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(gradient, leaf.grad)
+
+
+def test_the_output_bias_moves_only_where_a_step_scores_as_the_authors_sparse_bias(ml100k):
+    # With momentum, a dense update would keep moving every item's bias by its velocity at every step; the
+    # author's indexed Adagrad (and GRU4RecPaper) moves an item's bias only at the steps that score it.
+    from recbole_gru4rec.optimizers import AdagradMomentum
+
+    model = model_with(ml100k, loss_type="BPR", final_activation="linear", learner="adagrad_momentum", momentum=0.5)
+    optimizer = AdagradMomentum(model.parameters(), lr=0.1, momentum=0.5, eps=1e-6)
+    hidden = torch.zeros(1, 2, model.hidden_size)
+    biases = []
+    for items, targets in ((torch.tensor([1, 2]), torch.tensor([3, 4])), (torch.tensor([5, 6]), torch.tensor([7, 8]))):
+        optimizer.zero_grad()
+        output, hidden = model.session_step(items, hidden.detach())
+        loss = model.loss_of_logits(model.logits(output, targets), targets, targets)
+        loss.backward()
+        if not biases:
+            gradient = model.output_bias.grad.to_dense()[3].item()
+        optimizer.step()
+        biases.append(model.output_bias.detach().clone())
+    # Step 1 by the formula: v = lr g / sqrt(g^2 + eps), b = -v; step 2 leaves item 3 alone.
+    assert biases[0][3].item() == pytest.approx(-0.1 * gradient / (gradient ** 2 + 1e-6) ** 0.5, rel=1e-5)
+    assert biases[1][3] == biases[0][3] and biases[1][4] == biases[0][4] and biases[1][7] != 0
+    assert torch.count_nonzero(biases[1]) == 4  # items 3, 4, 7, 8 only

@@ -86,6 +86,7 @@ class CppTrainingSteps:
         sums, velocities = zip(*(optimizer.accumulators(param) for param in self.fused.dense_params))
         velocities = [] if velocities[0] is None else list(velocities)
         input_rows, output_rows = self._row_tensors(self.fused.input_weights), self._row_tensors(self.fused.output_weights)
+        bias_rows = [tensor.view(-1, 1) for tensor in self._row_tensors(self.fused.output_bias)]  # one-column rows
         group = optimizer.param_groups[0]
         log_popularity = model.log_popularity if model.logq > 0 else None
         previous_rows = steps.previous_rows()
@@ -97,7 +98,7 @@ class CppTrainingSteps:
             if model.n_sample > 0:
                 negatives = torch.stack([model.negatives.next(steps.items.device) for _ in range(last - first)])
             losses, hidden = self.extension.train_steps(
-                dense, list(sums), velocities, input_rows, output_rows, len(self.fused.hidden_layers),
+                dense, list(sums), velocities, input_rows, output_rows, bias_rows, len(self.fused.hidden_layers),
                 self.fused.feedforward is not None, model.reset_before, LOSS_CODES[model.loss_type],
                 model.remove_accidental_hits, model.loss_divisor or 0, self.activation,
                 self.alpha, self.scale,

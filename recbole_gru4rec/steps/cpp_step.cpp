@@ -41,18 +41,18 @@ struct Settings {
   float lr, momentum, eps;
 };
 
-// The parameters, in the order of FusedTrainingStep.dense_params: input bias, output bias, (W_hh, b_hh) of each
-// GRU layer, (W_ih, b_ih) of each upper layer, then the feedforward layer's (W, b).
+// The dense parameters, in the order of FusedTrainingStep.dense_params: input bias, (W_hh, b_hh) of each
+// GRU layer, (W_ih, b_ih) of each upper layer, then the feedforward layer's (W, b). (The output bias is updated
+// at the scored items only, as a one-column RowParameter.)
 // The *_at functions give a parameter's index there, which is also its gradient's index in a step.
 struct Parameters {
   const std::vector<Tensor>& dense;
   int64_t layers;
-  static constexpr int64_t input_bias_at = 0, output_bias_at = 1;
-  int64_t hidden_weight_at(int64_t layer) const { return 2 + 2 * layer; }
-  int64_t upper_weight_at(int64_t layer) const { return 2 + 2 * layers + 2 * layer; }  // the layer feeding layer + 1
-  int64_t feedforward_weight_at() const { return 4 * layers; }  // each bias follows its weight
+  static constexpr int64_t input_bias_at = 0;
+  int64_t hidden_weight_at(int64_t layer) const { return 1 + 2 * layer; }
+  int64_t upper_weight_at(int64_t layer) const { return 1 + 2 * layers + 2 * layer; }  // the layer feeding layer + 1
+  int64_t feedforward_weight_at() const { return 4 * layers - 1; }  // each bias follows its weight
   const Tensor& input_bias() const { return dense[input_bias_at]; }
-  const Tensor& output_bias() const { return dense[output_bias_at]; }
   const Tensor& hidden_weight(int64_t layer) const { return dense[hidden_weight_at(layer)]; }
   const Tensor& hidden_bias(int64_t layer) const { return dense[hidden_weight_at(layer) + 1]; }
   const Tensor& upper_weight(int64_t layer) const { return dense[upper_weight_at(layer)]; }
@@ -486,7 +486,8 @@ Tensor dropout_mask(int64_t rows, int64_t columns, double p, const at::TensorOpt
 // ``hidden`` (L, B, H) is the carried state; returns the step's loss and the new state (L, B, H).
 std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tensor>& dense, std::vector<Tensor>& sums,
                                      std::vector<Tensor>& velocities, RowParameter& input_rows,
-                                     RowParameter& output_rows, const Tensor& items, const Tensor& targets,
+                                     RowParameter& output_rows, RowParameter& bias_rows, const Tensor& items,
+                                     const Tensor& targets,
                                      const Tensor& columns, const Tensor& hidden,
                                      const std::optional<Tensor>& log_popularity, const Settings& s) {
   const int64_t layers = s.num_layers, rows = items.size(0), size = hidden.size(2), width = columns.size(0);
@@ -517,9 +518,9 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   Tensor head = outputs.back();
   if (s.feedforward) head = at::tanh(at::addmm(params.feedforward_bias(), head, params.feedforward_weight().t()));
   Tensor column_weights = gather_rows(output_rows.weight, column, width);
-  Tensor logits = at::addmm(params.output_bias().index_select(0, columns), head, column_weights.t());
+  Tensor logits = at::addmm(bias_rows.weight.view({-1}).index_select(0, columns), head, column_weights.t());
 
-  auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, params.output_bias().size(0), s);
+  auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, bias_rows.weight.size(0), s);
 
   // Backward and update, in two halves that share nothing they write: the output layer (its weight rows and
   // bias), and the rest, top to bottom. The rest reads the output weights only through column_weights, copied
@@ -531,16 +532,8 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   };
   auto output_layer = [&] {
     Tensor column_grads = at::mm(grad_logits.t(), head);
-    Tensor& bias_grad = grads[Parameters::output_bias_at] = at::zeros_like(params.output_bias());
-    float* grad_bias = bias_grad.data_ptr<float>();
-    const float* g = grad_logits.data_ptr<float>();
-    std::vector<float> column_sums(width, 0.0f);
-    for (int64_t b = 0; b < rows; ++b) {
-      for (int64_t j = 0; j < width; ++j) column_sums[j] += g[b * width + j];
-    }
-    for (int64_t j = 0; j < width; ++j) grad_bias[column[j]] += column_sums[j];
-    update(Parameters::output_bias_at);
     adagrad_rows(output_rows, columns, column_grads, s);
+    adagrad_rows(bias_rows, columns, grad_logits.sum(0).unsqueeze(1), s);
   };
   auto rest = [&] {
     Tensor grad_output = at::mm(grad_logits, column_weights);
@@ -563,9 +556,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
       }
     }
     grads[Parameters::input_bias_at] = gate_grads.input_gates_sum;
-    for (size_t i = 0; i < dense.size(); ++i) {
-      if (i != Parameters::output_bias_at) update(i);
-    }
+    for (size_t i = 0; i < dense.size(); ++i) update(i);
     adagrad_rows(input_rows, items, input_mask.defined() ? gate_grads.input_gates * input_mask : gate_grads.input_gates, s);
   };
   at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
@@ -600,7 +591,8 @@ Tensor carried_hidden(const Tensor& state, const int64_t* previous_rows, const f
 // Returns (the loss of each step trained, the hidden states after the last one).
 std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Tensor> sums,
                                        std::vector<Tensor> velocities, std::vector<Tensor> input_rows,
-                                       std::vector<Tensor> output_rows, int64_t num_layers, bool feedforward,
+                                       std::vector<Tensor> output_rows, std::vector<Tensor> bias_rows,
+                                       int64_t num_layers, bool feedforward,
                                        bool reset_before,
                                        int64_t loss, bool remove_accidental_hits, int64_t loss_divisor,
                                        int64_t activation, double alpha, double scale, double logq,
@@ -614,7 +606,7 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
                           alpha, scale, logq, sample_alpha, dropout_input, dropout_hidden, static_cast<float>(lr),
                           static_cast<float>(momentum), static_cast<float>(eps)};
   const Parameters params{dense, num_layers};
-  RowParameter input(input_rows), output(output_rows);
+  RowParameter input(input_rows), output(output_rows), bias(bias_rows);
   const int64_t steps = static_cast<int64_t>(bounds.size()) - 1;
   const int64_t size = params.hidden_weight(0).size(1);  // W_hh is (3H, H)
   std::vector<double> losses;
@@ -626,7 +618,7 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
     Tensor step_items = items.narrow(0, start, rows), step_targets = targets.narrow(0, start, rows);
     Tensor step_hidden = carried_hidden(state, previous + start, carried + start, rows, num_layers, size, dense[0].options());
     Tensor columns = negatives.has_value() ? at::cat({step_targets, (*negatives)[t]}) : step_targets;
-    auto [step_loss, new_state] = train_step(params, dense, sums, velocities, input, output, step_items, step_targets,
+    auto [step_loss, new_state] = train_step(params, dense, sums, velocities, input, output, bias, step_items, step_targets,
                                              columns, step_hidden, log_popularity, settings);
     losses.push_back(step_loss);
     state = new_state;

@@ -72,8 +72,10 @@ class FusedTrainingStep:
         self.hidden_layers = list(model.hidden_layers)
         self.upper_input_layers = list(model.upper_input_layers)
         self.feedforward = model.feedforward
-        # Updated densely, as their dense gradients are in the autograd path (output_bias included).
-        self.dense_params = [model.input_bias, model.output_bias]
+        # Updated densely, as their dense gradients are in the autograd path; the output bias, like the item
+        # rows, only where a step scores (the author's sparse By).
+        self.output_bias = model.output_bias
+        self.dense_params = [model.input_bias]
         for layer in self.hidden_layers + self.upper_input_layers + [self.feedforward]:
             if layer is not None:
                 self.dense_params += [layer.weight, layer.bias]
@@ -99,15 +101,16 @@ class FusedTrainingStep:
         accumulators = [optimizer.accumulators(param) for param in self.dense_params]
         input_rows = (*optimizer.accumulators(self.input_weights), optimizer.row_scratch(self.input_weights))
         output_rows = (*optimizer.accumulators(self.output_weights), optimizer.row_scratch(self.output_weights))
+        bias_rows = (*optimizer.accumulators(self.output_bias), optimizer.row_scratch(self.output_bias))
         group = optimizer.param_groups[0]
         loss, self.state.hidden = self.arithmetic(
             items, targets, columns, hidden, input_mask, hidden_masks, accumulators, input_rows, output_rows,
-            (group["lr"], group["momentum"], group["eps"]),
+            bias_rows, (group["lr"], group["momentum"], group["eps"]),
         )
         return loss
 
     def _arithmetic(self, items, targets, columns, hidden, input_mask, hidden_masks, accumulators, input_rows,
-                    output_rows, hyperparameters):
+                    output_rows, bias_rows, hyperparameters):
         """Forward, backward and update of one step; returns (loss, the new hidden states)."""
         model = self.model
         grads = {}
@@ -132,14 +135,13 @@ class FusedTrainingStep:
         if self.feedforward is not None:
             head = torch.tanh(torch.addmm(self.feedforward.bias, head, self.feedforward.weight.t()))
         column_weights = self.output_weights.index_select(0, columns)
-        logits = torch.addmm(model.output_bias.index_select(0, columns), head, column_weights.t())
+        logits = torch.addmm(self.output_bias.index_select(0, columns), head, column_weights.t())
 
         loss, grad_logits = loss_and_gradient(model, logits, columns, targets)
 
         # Backward, top to bottom.
         grad_head = grad_logits @ column_weights
         column_grads = grad_logits.t() @ head
-        grads[model.output_bias] = torch.zeros_like(model.output_bias).index_add_(0, columns, grad_logits.sum(0))
         grad_output = grad_head
         if self.feedforward is not None:
             grad_pre = grad_head * (1 - head * head)
@@ -167,4 +169,5 @@ class FusedTrainingStep:
                        None if velocities[0] is None else list(velocities), *hyperparameters)
         adagrad_rows_(self.input_weights, items, input_grads, *input_rows, *hyperparameters)
         adagrad_rows_(self.output_weights, columns, column_grads, *output_rows, *hyperparameters)
+        adagrad_rows_(self.output_bias, columns, grad_logits.sum(0), *bias_rows, *hyperparameters)
         return loss, torch.stack(new_hidden)
