@@ -90,7 +90,8 @@ def _one_of(choices):
 # apart (the leaderboard trains them again). 1 (rows without it): PyTorch's GRU cell, eps outside Adagrad's root,
 # the undropped state carried, logQ of normalised popularity on every column, final_activation tanh by default.
 # 2: the paper's GRU cell and the author's way for the other four (README, Faithfulness). 3: a step's loss summed
-# over its rows and divided by the batch size (loss_scale: batch_size), not averaged over its rows.
+# over its rows and divided by the batch size (loss_scale: batch_size), not averaged over its rows; the output
+# bias updated at the scored items only (differs from 2 with momentum).
 MECHANISMS = 3
 
 # Options that choose how a step is computed, not what: the updates are the same up to float rounding (tested).
