@@ -74,8 +74,7 @@ class CppTrainingSteps:
 
     def _row_tensors(self, weight):
         sums, velocity = self.optimizer.accumulators(weight)
-        tensors = [weight.data, sums, self.optimizer.row_scratch(weight)]
-        return tensors + ([velocity] if velocity is not None else [])
+        return [weight.data, sums] + ([velocity] if velocity is not None else [])
 
     @torch.no_grad()
     def train_epoch(self, steps):

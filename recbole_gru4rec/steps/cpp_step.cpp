@@ -63,9 +63,26 @@ struct Parameters {
 
 // An item-indexed weight matrix with its Adagrad state; only the rows a step touches are updated.
 struct RowParameter {
-  Tensor weight, sum, scratch, velocity;  // velocity undefined without momentum
+  Tensor weight, sum, velocity;  // velocity undefined without momentum
   explicit RowParameter(const std::vector<Tensor>& tensors)
-      : weight(tensors[0]), sum(tensors[1]), scratch(tensors[2]), velocity(tensors.size() > 3 ? tensors[3] : Tensor()) {}
+      : weight(tensors[0]), sum(tensors[1]), velocity(tensors.size() > 2 ? tensors[2] : Tensor()) {}
+};
+
+// An item -> int map over the whole catalog, allocated once per call of train_steps; after each use only the
+// entries that use set are reset, so a step costs time in the number of its items, not of the catalog's.
+struct ItemSlots {
+  std::vector<int32_t> slot;
+  std::vector<int64_t> touched;
+  explicit ItemSlots(int64_t n_items) : slot(n_items, -1) {}
+  int32_t get(int64_t item) const { return slot[item]; }
+  void set(int64_t item, int32_t value) {
+    if (slot[item] < 0) touched.push_back(item);
+    slot[item] = value;
+  }
+  void clear() {
+    for (int64_t item : touched) slot[item] = -1;
+    touched.clear();
+  }
 };
 
 // AdagradMomentum's update of n values (adagrad_dense_ / adagrad_rows_): s += g^2; step = g / sqrt(s + eps);
@@ -98,50 +115,58 @@ void adagrad_dense(Tensor& param, const Tensor& grad, Tensor& sum, Tensor* veloc
 }
 
 // AdagradMomentum on the rows ``rows`` of an item-indexed matrix (adagrad_rows_): a repeated row gets the sum
-// of its gradients (formed in the scratch matrix), once. The rows are split between the intra-op threads.
-void adagrad_rows(RowParameter& param, const Tensor& rows, const Tensor& row_grads, const Settings& s) {
+// of its gradients, once. ``slots`` finds repeats; the rows are split between the intra-op threads.
+void adagrad_rows(RowParameter& param, const Tensor& rows, const Tensor& row_grads, ItemSlots& slots, const Settings& s) {
   const int64_t n = rows.size(0), width = param.weight.size(1);
   const int64_t* row = rows.data_ptr<int64_t>();
   Tensor g_contiguous = row_grads.contiguous();
   const float* g = g_contiguous.data_ptr<float>();
-  float* total = param.scratch.data_ptr<float>();
-  std::vector<char> seen(param.weight.size(0), 0);
   std::vector<int64_t> unique;  // the distinct rows, in order of first appearance
+  std::vector<float> total;     // their summed gradients, row after row
+  unique.reserve(n);
+  total.reserve(n * width);
   for (int64_t k = 0; k < n; ++k) {
-    float* __restrict__ target = total + row[k] * width;
     const float* __restrict__ source = g + k * width;
-    if (seen[row[k]]) {
+    const int32_t at = slots.get(row[k]);
+    if (at >= 0) {
+      float* __restrict__ target = total.data() + at * width;
 #pragma omp simd
       for (int64_t j = 0; j < width; ++j) target[j] += source[j];
     } else {
-      seen[row[k]] = 1;
+      slots.set(row[k], static_cast<int32_t>(unique.size()));
       unique.push_back(row[k]);
-      std::copy_n(source, width, target);
+      total.insert(total.end(), source, source + width);
     }
   }
+  slots.clear();
   float* weight = param.weight.data_ptr<float>();
   float* acc = param.sum.data_ptr<float>();
   float* velocity = param.velocity.defined() ? param.velocity.data_ptr<float>() : nullptr;
   at::parallel_for(0, static_cast<int64_t>(unique.size()), 8192 / width + 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t offset = unique[k] * width;
-      adagrad_update(weight + offset, acc + offset, velocity ? velocity + offset : nullptr, total + offset, width, s);
+      adagrad_update(weight + offset, acc + offset, velocity ? velocity + offset : nullptr, total.data() + k * width,
+                     width, s);
     }
   });
 }
 
-// The column positions that hold each item: for item i, first[i], then next[first[i]], ... until -1.
+// The column positions that hold each item: for item i, first(i), then next[first(i)], ... until -1. Borrows
+// ``slots`` for its lifetime and leaves them clear.
 struct ColumnIndex {
-  std::vector<int32_t> first, next;
-  ColumnIndex(const int64_t* columns, int64_t width, int64_t n_items) : first(n_items, -1), next(width, -1) {
+  ItemSlots& slots;
+  std::vector<int32_t> next;
+  ColumnIndex(const int64_t* columns, int64_t width, ItemSlots& item_slots) : slots(item_slots), next(width, -1) {
     for (int64_t j = width - 1; j >= 0; --j) {
-      next[j] = first[columns[j]];
-      first[columns[j]] = static_cast<int32_t>(j);
+      next[j] = slots.get(columns[j]);
+      slots.set(columns[j], static_cast<int32_t>(j));
     }
   }
+  ~ColumnIndex() { slots.clear(); }
+  int32_t first(int64_t item) const { return slots.get(item); }
   int64_t count(int64_t item) const {
     int64_t n = 0;
-    for (int32_t j = first[item]; j >= 0; j = next[j]) ++n;
+    for (int32_t j = first(item); j >= 0; j = next[j]) ++n;
     return n;
   }
 };
@@ -170,7 +195,7 @@ std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* tar
 #pragma omp simd
       for (int64_t j = 0; j < width; ++j) out[j] = row[j] - maximum;
       int64_t repeats = 0;
-      for (int32_t j = index.first[targets[i]]; j >= 0; j = index.next[j]) {
+      for (int32_t j = index.first(targets[i]); j >= 0; j = index.next[j]) {
         if (j != i) {
           out[j] = minus_infinity;
           ++repeats;
@@ -235,7 +260,7 @@ std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const i
       weight[j] = row_weight;
       out[j] = row[j] - own;
     }
-    for (int32_t j = index.first[targets[i]]; j >= 0; j = index.next[j]) weight[j] = 0.0f;  // not a negative
+    for (int32_t j = index.first(targets[i]); j >= 0; j = index.next[j]) weight[j] = 0.0f;  // not a negative
   }
   Tensor ranking = at::sigmoid(difference);
   const float* rank = ranking.data_ptr<float>();
@@ -275,19 +300,21 @@ std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const i
 
 // The loss of a step and its gradient on the pre-activation scores (steps/fused.py: loss_and_gradient).
 std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& columns, const Tensor& targets,
-                                            const std::optional<Tensor>& log_popularity, int64_t n_items,
+                                            const std::optional<Tensor>& log_popularity, ItemSlots& item_slots,
                                             const Settings& s) {
   // What tells a row's target from its negatives (GRU4RecPaper.negative_ids): the items, or the column positions.
   const int64_t width = columns.size(0);
   std::vector<int64_t> positions;
   const int64_t* target = targets.data_ptr<int64_t>();
   const int64_t* column_id = columns.data_ptr<int64_t>();
+  std::optional<ItemSlots> position_slots;
   if (!s.remove_accidental_hits) {
     positions.resize(width);
     std::iota(positions.begin(), positions.end(), int64_t{0});
     target = column_id = positions.data();
+    position_slots.emplace(width);
   }
-  const ColumnIndex index(column_id, width, s.remove_accidental_hits ? n_items : width);
+  const ColumnIndex index(column_id, width, position_slots ? *position_slots : item_slots);
   if (s.loss == CROSS_ENTROPY) {  // on linear scores: the gradient on the scores is the one on the logits
     Tensor scores = logits;
     if (s.logq > 0) {  // GRU4RecPaper.scores: log popularity for the mini-batch's targets, times alpha for the rest
@@ -482,6 +509,13 @@ Tensor dropout_mask(int64_t rows, int64_t columns, double p, const at::TensorOpt
   return at::rand({rows, columns}, options).ge_(p).mul_(1.0 / (1.0 - p));  // as gru4rec_paper.dropout_mask
 }
 
+// The item maps of a chunk of steps: one for the loss's column index and one for each half of the update, which
+// run side by side.
+struct Workspace {
+  ItemSlots columns, output_half, rest_half;
+  explicit Workspace(int64_t n_items) : columns(n_items), output_half(n_items), rest_half(n_items) {}
+};
+
 // One session-parallel step: forward, loss, backward and update, as FusedTrainingStep._arithmetic.
 // ``hidden`` (L, B, H) is the carried state; returns the step's loss and the new state (L, B, H).
 std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tensor>& dense, std::vector<Tensor>& sums,
@@ -489,7 +523,8 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
                                      RowParameter& output_rows, RowParameter& bias_rows, const Tensor& items,
                                      const Tensor& targets,
                                      const Tensor& columns, const Tensor& hidden,
-                                     const std::optional<Tensor>& log_popularity, const Settings& s) {
+                                     const std::optional<Tensor>& log_popularity, Workspace& workspace,
+                                     const Settings& s) {
   const int64_t layers = s.num_layers, rows = items.size(0), size = hidden.size(2), width = columns.size(0);
   const auto options = hidden.options();
   // The random draws first, in the fused step's order: input dropout, then each layer's.
@@ -520,7 +555,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   Tensor column_weights = gather_rows(output_rows.weight, column, width);
   Tensor logits = at::addmm(bias_rows.weight.view({-1}).index_select(0, columns), head, column_weights.t());
 
-  auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, bias_rows.weight.size(0), s);
+  auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, workspace.columns, s);
 
   // Backward and update, in two halves that share nothing they write: the output layer (its weight rows and
   // bias), and the rest, top to bottom. The rest reads the output weights only through column_weights, copied
@@ -532,8 +567,8 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   };
   auto output_layer = [&] {
     Tensor column_grads = at::mm(grad_logits.t(), head);
-    adagrad_rows(output_rows, columns, column_grads, s);
-    adagrad_rows(bias_rows, columns, grad_logits.sum(0).unsqueeze(1), s);
+    adagrad_rows(output_rows, columns, column_grads, workspace.output_half, s);
+    adagrad_rows(bias_rows, columns, grad_logits.sum(0).unsqueeze(1), workspace.output_half, s);
   };
   auto rest = [&] {
     Tensor grad_output = at::mm(grad_logits, column_weights);
@@ -557,7 +592,8 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     }
     grads[Parameters::input_bias_at] = gate_grads.input_gates_sum;
     for (size_t i = 0; i < dense.size(); ++i) update(i);
-    adagrad_rows(input_rows, items, input_mask.defined() ? gate_grads.input_gates * input_mask : gate_grads.input_gates, s);
+    adagrad_rows(input_rows, items, input_mask.defined() ? gate_grads.input_gates * input_mask : gate_grads.input_gates,
+                 workspace.rest_half, s);
   };
   at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t half = begin; half < end; ++half) half == 0 ? output_layer() : rest();
@@ -607,6 +643,7 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
                           static_cast<float>(momentum), static_cast<float>(eps)};
   const Parameters params{dense, num_layers};
   RowParameter input(input_rows), output(output_rows), bias(bias_rows);
+  Workspace workspace(output.weight.size(0));
   const int64_t steps = static_cast<int64_t>(bounds.size()) - 1;
   const int64_t size = params.hidden_weight(0).size(1);  // W_hh is (3H, H)
   std::vector<double> losses;
@@ -619,7 +656,7 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
     Tensor step_hidden = carried_hidden(state, previous + start, carried + start, rows, num_layers, size, dense[0].options());
     Tensor columns = negatives.has_value() ? at::cat({step_targets, (*negatives)[t]}) : step_targets;
     auto [step_loss, new_state] = train_step(params, dense, sums, velocities, input, output, bias, step_items, step_targets,
-                                             columns, step_hidden, log_popularity, settings);
+                                             columns, step_hidden, log_popularity, workspace, settings);
     losses.push_back(step_loss);
     state = new_state;
     if (!std::isfinite(step_loss)) break;
