@@ -209,7 +209,7 @@ class GRU4RecPaper(SequentialRecommender):
         return (output * self.output_weights(items)).sum(1) + self.output_bias[items]
 
     def full_sort_predict(self, interaction):
-        """Scores of all items after each sequence, (batch, n_items): pre-activation, as the final activation is
-        strictly increasing: the same ranking, without the ties of a saturated tanh."""
+        """Scores of all items after each sequence, (batch, n_items): pre-activation, as every final activation is
+        non-decreasing: the same order, without the ties a saturated tanh (or relu's zero) would make."""
         output = self.forward(*self._evaluated_sequences(interaction))
         return output @ self.output_weights.weight.T + self.output_bias
