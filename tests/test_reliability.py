@@ -247,8 +247,9 @@ def cases_from_the_documented_range(kind, rest):
         return [True, False, "auto"], [1, "True", "Auto", None]
     if kind == "str":  # "a | b: what b does | elu-<alpha>, ..." lists the choices
         choices = [part.split()[0].rstrip(":,.") for part in rest.split("|")]
-        good = [choice.replace("<alpha>", "0.5") for choice in choices]
-        return good, ["nope", choices[0] + " ", None] + (["elu-", "elu--1"] if "elu-<alpha>" in choices else [])
+        good = [re.sub(r"<[a-z]+>", "0.5", choice) for choice in choices]
+        numbered = ["elu-", "elu--1", "leaky-x", "selu-1", "selu-1-2-3"] if "elu-<alpha>" in choices else []
+        return good, ["nope", choices[0] + " ", None] + numbered
     raise AssertionError(f"no cases for the documented range {kind!r}")
 
 
