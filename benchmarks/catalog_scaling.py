@@ -1,6 +1,7 @@
 """Training cost per event against catalog size: the same number of events over catalogs of 10^4 to 10^6 items.
 
     python benchmarks/catalog_scaling.py --items=10000,100000,1000000 --events=1200000 --output=results/catalog-scaling.json
+    python benchmarks/catalog_scaling.py --plot=results/catalog-scaling.json   # the plot again, from the JSON
 
 For each catalog size N the script writes a synthetic RecBole dataset (into a temporary folder): users with
 sessions of 20-80 events, every item of the catalog occurring at least once (so the model's catalog is N), the
@@ -83,14 +84,47 @@ def measure(folder, name, epochs, overrides):
             "step_path": type(trainer.fused_training_step).__name__ if trainer.fused_training_step else "autograd"}
 
 
+def plot(report, path):
+    """Microseconds per training event against catalog size, one line per epoch (epoch 1 includes warming up)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    catalogs = report["catalogs"]
+    sizes = [row["catalog_items"] for row in catalogs]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for epoch in range(max(len(row["epoch_seconds"]) for row in catalogs)):
+        costs = [1e6 * row["epoch_seconds"][epoch] / row["training_events"] for row in catalogs]
+        axes.plot(sizes, costs, marker="o", label=f"epoch {epoch + 1}")
+    axes.set_xscale("log")
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("catalog items (log scale)")
+    axes.set_ylabel("microseconds per training event")
+    axes.set_title(f"{report['events']:,} events, {report['machine']['cpu_cores']} CPU cores: "
+                   f"{catalogs[0]['bytes_per_item']:.0f} bytes per item", fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", default="10000,100000,1000000")
     parser.add_argument("--events", type=int, default=1_200_000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2020)
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output", help="the JSON to write (the plot goes beside it, .png)")
+    parser.add_argument("--plot", help="only draw the plot of this JSON")
     args, extra = parser.parse_known_args()
+    if args.plot:
+        with open(args.plot, encoding="utf-8") as f:
+            plot(json.load(f), os.path.splitext(args.plot)[0] + ".png")
+        return
+    if not args.output:
+        parser.error("--output is required")
     overrides = dict(arg[2:].split("=", 1) for arg in extra)  # --KEY=VALUE for GRU4RecPaper, as run.py
     overrides = {key: yaml.safe_load(value) for key, value in overrides.items()}
     report = {"command": " ".join(["python", *sys.argv]), "setting": {**SETTING, **overrides}, "events": args.events,
@@ -104,6 +138,7 @@ def main():
             print(json.dumps(row), flush=True)
             with open(args.output, "w", encoding="utf-8") as f:  # after every catalog: a killed run keeps its part
                 json.dump(report, f, indent=2)
+    plot(report, os.path.splitext(args.output)[0] + ".png")
     smallest = report["catalogs"][0]["microseconds_per_event"]
     for row in report["catalogs"]:
         print(f"{row['catalog_items']:>9} items: {row['microseconds_per_event']:.2f} us/event "
