@@ -175,6 +175,18 @@ def test_the_gru_is_the_papers_reset_before_the_recurrent_matrix(ml100k):
         torch.testing.assert_close(ours_grad.to_dense(), reference_grad.to_dense(), rtol=1e-4, atol=1e-6)
 
 
+def assert_both_paths_give(model, logits, columns, targets, expected):
+    """The autograd loss and the fused step's written-out loss are ``expected``, with the same gradient."""
+    from recbole_gru4rec.steps.fused import loss_and_gradient
+
+    torch.testing.assert_close(model.loss_of_logits(logits, columns, targets), expected)
+    loss, gradient = loss_and_gradient(model, logits, columns, targets)
+    leaf = logits.clone().requires_grad_()
+    model.loss_of_logits(leaf, columns, targets).backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(gradient, leaf.grad)
+
+
 @pytest.mark.parametrize("remove", [True, False])
 def test_accidental_hits_are_negatives_only_in_the_authors_way(ml100k, remove):
     # Row 0's target (item 5) is also column 2 (a sampled copy); row 1's target (item 7) has no copy.
@@ -183,14 +195,7 @@ def test_accidental_hits_are_negatives_only_in_the_authors_way(ml100k, remove):
     columns, targets = torch.tensor([5, 7, 5, 9]), torch.tensor([5, 7])
     kept = [[0, 1, 3], [0, 1, 2, 3]] if remove else [[0, 1, 2, 3], [0, 1, 2, 3]]  # row 0 drops the copy, or not
     expected = sum(torch.logsumexp(logits[row, kept[row]], 0) - logits[row, row] for row in range(2)) / 2
-    torch.testing.assert_close(model.loss_of_logits(logits, columns, targets), expected)
-    from recbole_gru4rec.steps.fused import loss_and_gradient
-
-    loss, gradient = loss_and_gradient(model, logits, columns, targets)  # the written-out path agrees
-    leaf = logits.clone().requires_grad_()
-    model.loss_of_logits(leaf, columns, targets).backward()
-    torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(gradient, leaf.grad)
+    assert_both_paths_give(model, logits, columns, targets, expected)
 
 
 @pytest.mark.parametrize("loss_type", ["CE", "BPR"])
@@ -206,14 +211,7 @@ def test_a_narrow_steps_loss_is_its_rows_sum_over_the_batch_size_as_the_authors(
         per_row = [-torch.nn.functional.logsigmoid(logits[row, row] - logits[row, [j for j in range(4) if j != row]]).mean()
                    for row in range(3)]
     expected = sum(per_row) / (5 if scale == "batch_size" else 3)
-    torch.testing.assert_close(model.loss_of_logits(logits, columns, targets), expected)
-    from recbole_gru4rec.steps.fused import loss_and_gradient
-
-    loss, gradient = loss_and_gradient(model, logits, columns, targets)  # the written-out path agrees
-    leaf = logits.clone().requires_grad_()
-    model.loss_of_logits(leaf, columns, targets).backward()
-    torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(gradient, leaf.grad)
+    assert_both_paths_give(model, logits, columns, targets, expected)
 
 
 def test_the_output_bias_moves_only_where_a_step_scores_as_the_authors_sparse_bias(ml100k):
