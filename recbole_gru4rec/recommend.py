@@ -73,7 +73,6 @@ class Recommender:
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.eval()
         self.sessions = user_sessions(self.dataset)
-        self.session_of_user = {int(user): index for index, user in enumerate(self.sessions.users)}
         self.item_tokens = self.dataset.field2id_token[self.config["ITEM_ID_FIELD"]]
         self.user_tokens = self.dataset.field2id_token[self.config["USER_ID_FIELD"]]
         self.titles = read_titles(self.config)
@@ -159,9 +158,9 @@ class Recommender:
             user = self.dataset.token2id(self.config["USER_ID_FIELD"], str(raw_user))
         except ValueError:
             user = None
-        if user not in self.session_of_user:
+        if user not in self.sessions.index_of_user:
             raise UsageError(f"unknown user id {raw_user!r}: not in dataset {self.config['dataset']!r}")
-        return self.sessions.session(self.session_of_user[user]).tolist(), user
+        return self.sessions.session(self.sessions.index_of_user[user]).tolist(), user
 
     def for_users(self, raw_users, topk=10, exclude_seen=True):
         """Recommendations for known users, each from their whole history."""

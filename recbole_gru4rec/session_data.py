@@ -10,6 +10,7 @@ On MovieLens a user's training history is the session. RecBole stores the traini
 the validation and test items RecBole held out never reach training.
 """
 
+import functools
 import heapq
 
 import numpy as np
@@ -62,6 +63,11 @@ class Sessions:
         return Sessions(items, np.asarray(offsets, dtype=np.int64), np.asarray(first_times, dtype=float),
                         None if self.users is None else np.asarray(users))
 
+    @functools.cached_property
+    def index_of_user(self):
+        """user id -> the index of that user's session."""
+        return {int(user): index for index, user in enumerate(self.users)}
+
     def whole_histories(self, users, item_seq, item_seq_len, window):
         """Each evaluation row's whole history, for rows that RecBole cut to their last ``window`` items.
 
@@ -71,9 +77,7 @@ class Sessions:
         half the row, so a chance match of a few items does not count. Rows not cut, and rows that continue no
         sequence here, keep their items. Returns (items, lengths, number of rows continued).
         """
-        index_of_user = getattr(self, "_index_of_user", None)
-        if index_of_user is None:
-            index_of_user = self._index_of_user = {int(user): index for index, user in enumerate(self.users)}
+        index_of_user = self.index_of_user
         histories, continued = [], 0
         for user, row, length in zip(users.tolist(), item_seq.cpu().numpy(), item_seq_len.tolist()):
             row = row[:length]

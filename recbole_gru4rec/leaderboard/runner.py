@@ -190,11 +190,10 @@ def latest_last_checkpoint(folder):
 def entry_config(entry, dataset, config_files, overrides, seed=None):
     """The resolved RecBole config the entry's run will use (built here to check it before anything trains);
     ``seed`` None: the protocol's."""
-    files = list(config_files) + entry.config_files
-    overrides = dict(overrides) if seed is None else dict(overrides, seed=seed)
+    overrides = dict(overrides)
     if seed is not None:
-        overrides["checkpoint_dir"] = checkpoint_dir(dataset, entry, seed)
-    return pipeline.build_config(entry.model, dataset, files, overrides)
+        overrides.update(seed=seed, checkpoint_dir=checkpoint_dir(dataset, entry, seed))
+    return pipeline.build_config(entry.model, dataset, list(config_files) + entry.config_files, overrides)
 
 
 def resolve_seeds(protocol_seed, seeds, n_seeds):
