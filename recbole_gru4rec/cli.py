@@ -16,7 +16,8 @@ USAGE = """usage: python run.py [--model=GRU4RecPaper] [--dataset=ml-100k] [--co
                      [--saved=true] [--per_user_file=PATH.npz] [--KEY=VALUE ...]
        python run.py --leaderboard --dataset=DATASET --models=MODEL[:CONFIG.yaml],... [--config_files=...]
                      [--seeds=S,S,... | --n_seeds=N] [--time_budget_min=N] [--output_dir=results]
-                     [--rerun=false] [--shared_cores=false] [--KEY=VALUE ...]
+                     [--rerun=false] [--shared_cores=false] [--checkpoint_dir=saved/leaderboard]
+                     [--ray_address=local|auto|HOST:PORT] [--cpus_per_run=1] [--gpus_per_run=0] [--KEY=VALUE ...]
        python run.py recommend --checkpoint=PATH (--user=ID | --history=ID,ID | --history-titles=T,T |
                      --users-file=FILE) [--topk=10] [--exclude-seen=true|false] [--json]
        python run.py hyper --params_file=FILE [--model=GRU4RecPaper] [--dataset=ml-100k] [--tool=hyperopt|ray]
@@ -35,6 +36,9 @@ hyperparameters), once per seed (--seeds, or --n_seeds from the protocol's seed 
 OUTPUT_DIR/leaderboard-DATASET.json, .md and .png after each run: mean and standard deviation over seeds, and
 a paired test over users against the best GRU4RecPaper entry; run again, it skips finished runs and resumes
 an unfinished one. --shared_cores=true marks the time columns of its runs as taken while other work ran.
+--ray_address runs the (model, seed) runs as Ray tasks of --cpus_per_run / --gpus_per_run each, side by side
+on that cluster (local: one started here); a task whose worker dies is retried and resumes from its last
+epoch checkpoint, kept under --checkpoint_dir (give a folder every machine of the cluster sees).
 `recommend` prints the next movies a trained sequential model predicts (python run.py recommend --help).
 `hyper` searches the space of a RecBole params file (one trial = one run as above, chosen on validation) with
 RecBole's HyperTuning or with Ray Tune on a Ray cluster; OUTPUT_DIR/trials.jsonl grows as trials finish,
@@ -175,11 +179,13 @@ def recommend_main(argv):
 
 def leaderboard_main(argv):
     """``run.py --leaderboard ...``; returns the exit code."""
-    from recbole_gru4rec.leaderboard.runner import LeaderboardStopped, run_leaderboard
+    from recbole_gru4rec.leaderboard.runner import DEFAULT_CHECKPOINT_ROOT, LeaderboardStopped, run_leaderboard
 
     flags, overrides = split_flags(argv, {"dataset": "ml-100k", "models": None, "config_files": "",
                                           "time_budget_min": None, "output_dir": "results", "rerun": "false",
-                                          "seeds": None, "n_seeds": None, "shared_cores": "false"},
+                                          "seeds": None, "n_seeds": None, "shared_cores": "false",
+                                          "checkpoint_dir": DEFAULT_CHECKPOINT_ROOT, "ray_address": None,
+                                          "cpus_per_run": "1", "gpus_per_run": "0"},
                                    refused={"model": "use --models=A,B,...",
                                             "seed": "use --seeds=S,S,... or --n_seeds=N",
                                             "per_user_file": "each run writes one beside the leaderboard",
@@ -195,7 +201,9 @@ def leaderboard_main(argv):
         board = run_leaderboard(
             flags["dataset"], flags["models"], [path for path in flags["config_files"].split(",") if path], overrides,
             time_budget_min=minutes, output_dir=flags["output_dir"], rerun=rerun, seeds=seeds, n_seeds=n_seeds,
-            shared_cores=boolean_flag("shared_cores", flags["shared_cores"]),
+            shared_cores=boolean_flag("shared_cores", flags["shared_cores"]), checkpoint_root=flags["checkpoint_dir"],
+            ray_address=flags["ray_address"], cpus_per_run=number_flag("cpus_per_run", flags["cpus_per_run"], float),
+            gpus_per_run=number_flag("gpus_per_run", flags["gpus_per_run"], float),
             command_line=" ".join(["python run.py", "--leaderboard", *map(shlex.quote, argv)]),
         )
     except LeaderboardStopped as stop:

@@ -20,7 +20,7 @@ import os
 import time
 import uuid
 
-from recbole_gru4rec import checks, compat, options, pipeline, registry
+from recbole_gru4rec import checks, compat, options, pipeline, ray_cluster, registry
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.quick_start import objective_function
 
@@ -173,7 +173,6 @@ def _ray_trial(values, fixed, files, params):
 
 def ray_search(fixed, files, params, log, algo, max_evals, ray_address, cpus_per_trial, gpus_per_trial, bigger):
     """Ray Tune over ``params`` on the cluster at ``ray_address``; each trial logged as it finishes."""
-    import ray
     from ray import tune
 
     class LogTrials(tune.Callback):
@@ -191,11 +190,7 @@ def ray_search(fixed, files, params, log, algo, max_evals, ray_address, cpus_per
         from ray.tune.search.hyperopt import HyperOptSearch
 
         search_alg = HyperOptSearch()
-    started_here = not ray.is_initialized()
-    if started_here:
-        local = {"_node_ip_address": "127.0.0.1"} if ray_address == "local" else {"address": ray_address}
-        ray.init(include_dashboard=False, log_to_driver=False, **local)  # a local cluster talks over loopback only
-    try:
+    with ray_cluster.connected(ray_address, log_to_driver=False):
         tune.run(
             tune.with_parameters(_ray_trial, fixed=fixed, files=files, params=params), config=space,
             num_samples=1 if exhaustive else max_evals, search_alg=search_alg, metric="valid_score",
@@ -203,9 +198,6 @@ def ray_search(fixed, files, params, log, algo, max_evals, ray_address, cpus_per
             callbacks=[LogTrials()], local_dir=os.path.join(os.path.dirname(log.trials_file), "ray"),
             chdir_to_trial_dir=False, verbose=0,
         )
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def run_search(model, dataset, params_file, tool="hyperopt", algo="exhaustive", max_evals=100, config_files=(),
@@ -223,6 +215,8 @@ def run_search(model, dataset, params_file, tool="hyperopt", algo="exhaustive", 
         raise UsageError(f"--max_evals={max_evals}: use an integer >= 1")
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
         raise UsageError(f"--cpus_per_trial={cpus_per_trial} --gpus_per_trial={gpus_per_trial}: use cpus > 0, gpus >= 0")
+    if tool == "ray":
+        ray_cluster.check_address(ray_address)
     params = read_params_file(params_file)
     check_space(model, params)
     if algo == "exhaustive" and any(param.kind != "choice" for param in params):

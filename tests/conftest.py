@@ -4,6 +4,10 @@ import copy
 import math
 import os
 import random
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -88,3 +92,35 @@ def model_with(ml100k, **options):
 def ml100k():
     """GRU4RecPaper's config and loaders on RecBole's bundled ml-100k (built once per test session)."""
     return build("GRU4RecPaper", "ml-100k")
+
+
+@pytest.fixture
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs, started with Ray's own command line and stopped after the test; yields the
+    environment for the commands that join it (``--ray_address=auto``)."""
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    subprocess.run([ray, "start", "--head", "--num-cpus=2", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                    "--disable-usage-stats"],
+                   check=True, capture_output=True, env=env, timeout=120)
+    try:
+        yield env
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def wait_for_epoch(folder, epoch, process, timeout=120):
+    """Wait until a last checkpoint in ``folder`` records ``epoch``; returns its path."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be stopped"
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            if name.endswith("-last.pth"):
+                path = os.path.join(folder, name)
+                try:
+                    if torch.load(path, weights_only=True)["epoch"] >= epoch:
+                        return path
+                except (OSError, RuntimeError, EOFError):
+                    pass  # replaced while being read
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint of epoch {epoch} in {timeout} s")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build, model_with
+from conftest import model_with
 from recbole_gru4rec.session_data import Sessions
 
 WINDOW = 4

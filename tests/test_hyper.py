@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 
@@ -122,20 +121,6 @@ def test_hyperopt_search_on_ml100k_matches_single_runs(tmp_path):
     best = json.loads((output / "best.json").read_text())
     winner = max(results.values(), key=lambda trial: trial["best_valid_score"])
     assert best["best_params"] == winner["params"] and best["test_result"] == winner["test_result"]
-
-
-@pytest.fixture
-def ray_cluster(tmp_path):
-    """A local Ray cluster of 2 CPUs, started with Ray's own command line and stopped after the test."""
-    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    subprocess.run([ray, "start", "--head", "--num-cpus=2", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-                    "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=120)
-    try:
-        yield env
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
 def test_ray_search_on_a_ray_cluster_matches_hyperopt(tmp_path, ray_cluster):

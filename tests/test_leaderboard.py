@@ -2,13 +2,15 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, random_sessions, sessions_dataset_rows, wait_for_epoch, write_inter
 from recbole_gru4rec import evaluation
 from recbole_gru4rec.cli import main
 from recbole_gru4rec.leaderboard.report import TABLE_METRICS, label_offsets, markdown, paired_comparisons
@@ -184,11 +186,11 @@ def test_a_row_from_before_an_option_existed_stands_only_for_its_default():
 
 
 def test_an_entry_of_two_config_files_merges_them_in_order():
-    from recbole_gru4rec.leaderboard.runner import Entry, entry_config
+    from recbole_gru4rec.leaderboard.runner import Entry, Run
 
     entry = Entry(f"GRU4RecPaper:{REPO}/configs/GRU4RecPaper-tuned-ml-100k.yaml+{REPO}/configs/eval-history-full.yaml")
     assert entry.key == "GRU4RecPaper:tuned-ml-100k+eval-history-full"
-    config = entry_config(entry, "ml-100k", [], {}, seed=2021)
+    config = Run(entry, 2021, "ml-100k", [], {}).config()
     assert config["eval_history"] == "full" and config["loss_type"] == "CE" and config["session_max_targets"] == 50
     assert config["seed"] == 2021 and config["checkpoint_dir"].endswith("GRU4RecPaper-tuned-ml-100k+eval-history-full-seed2021")
 
@@ -208,3 +210,71 @@ def test_the_report_imports_no_model_or_training_code():
     assert not [module for module in loaded if set(module.split(".")[1:2]) & training]
     assert "matplotlib" not in subprocess.run([sys.executable, "-c", code.replace("startswith('recbole_gru4rec')",
                                                "startswith('matplotlib')")], capture_output=True, text=True).stdout
+
+
+def run_py_process(marker):
+    """The pid of the run.py process whose command line holds ``marker``, and its parent's (the Ray worker), or None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().decode(errors="replace")
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended while being read
+        if marker in command and "recbole_gru4rec" in command:
+            return int(pid), parent
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker's process in /proc")
+def test_ray_leaderboard_survives_a_killed_worker_and_equals_the_serial_rows(tmp_path, ray_cluster):
+    data = write_inter(tmp_path, "tiny", sessions_dataset_rows(random_sessions(3, users=60, items=40, min_length=10, max_length=30)))
+    # The fused step in Python: no run waits for the C++ step's build, which a loaded machine can make slow.
+    (tmp_path / "a.yaml").write_text("n_sample: 16\ndropout_prob_hidden: 0.3\nsession_order: shuffle\ncpp_step: False\n")
+    (tmp_path / "b.yaml").write_text("loss_type: BPR\ncpp_step: False\n")
+    common = ["--dataset=tiny", f"--data_path={data}", "--models=GRU4RecPaper:a.yaml,GRU4RecPaper:b.yaml", "--epochs=12",
+              "--stopping_step=100", "--state=ERROR"]
+    env = dict(ray_cluster, OMP_NUM_THREADS="1")  # the serial run: one thread, as each 1-CPU Ray task has
+    serial = subprocess.run([sys.executable, os.path.join(REPO, "run.py"), "--leaderboard", *common, "--output_dir=serial",
+                             "--checkpoint_dir=saved-serial"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
+    assert serial.returncode == 0, serial.stderr[-3000:]
+
+    parallel = subprocess.Popen([sys.executable, os.path.join(REPO, "run.py"), "--leaderboard", *common, "--output_dir=ray",
+                                 "--checkpoint_dir=saved-ray", "--ray_address=auto", "--cpus_per_run=1"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ray_cluster)
+    folder = tmp_path / "saved-ray" / "tiny" / "GRU4RecPaper-a-seed2020"
+    wait_for_epoch(folder, 1, parallel, timeout=600)
+    run, worker = run_py_process(f"--checkpoint_dir={folder}")
+    both = [marker for marker in ("GRU4RecPaper-a-seed2020", "GRU4RecPaper-b-seed2020") if run_py_process(marker)]
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{run}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gone = not os.path.exists(f"/proc/{run}") or open(f"/proc/{run}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    output, _ = parallel.communicate(timeout=900)
+    assert parallel.returncode == 0, output[-3000:]
+    assert gone, "the killed worker's run went on"
+    assert len(both) == 2, "the two entries did not train side by side"
+    assert "GRU4RecPaper:a seed 2020 (resuming" in output  # the retried task continued from the checkpoint
+
+    boards = {name: json.loads((tmp_path / name / "leaderboard-tiny.json").read_text())["rows"] for name in ("serial", "ray")}
+    for serial_row, ray_row in zip(*(sorted(rows, key=lambda row: row["config_name"]) for rows in boards.values())):
+        assert (ray_row["config_name"], ray_row["seed"]) == (serial_row["config_name"], serial_row["seed"])
+        for field in ("test_result", "best_valid_result", "epochs", "stopped_by"):
+            assert ray_row[field] == serial_row[field], (ray_row["config_name"], field)
+        assert ray_row["ray"] == {"address": "auto", "cpus_per_run": 1.0, "gpus_per_run": 0.0} and ray_row["shared_cores"]
+        users = [evaluation.load(tmp_path / name / row["per_user_file"]) for name, row in (("serial", serial_row), ("ray", ray_row))]
+        assert list(users[0][0]) == list(users[1][0]) and all(np.array_equal(users[0][1][k], users[1][1][k]) for k in users[0][1])
+    assert len(boards["ray"]) == 2 and not list(folder.glob("*-last.pth"))  # nothing left to resume
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--ray_address=somewhere"], "--ray_address=somewhere: use local, auto or HOST:PORT"),
+    (["--ray_address=local", "--cpus_per_run=0"], "--cpus_per_run=0.0 --gpus_per_run=0.0: use cpus > 0, gpus >= 0"),
+    (["--ray_address=local", "--gpus_per_run=one"], "--gpus_per_run=one: use a number"),
+])
+def test_bad_ray_settings_are_one_line_errors(flags, message, tmp_path, capsys):
+    code = main(["--leaderboard", "--models=Pop", f"--output_dir={tmp_path}", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err

@@ -1,17 +1,15 @@
 """Runs that die lose nothing, one seed gives one result, and bad numbers or options stop a run in one line."""
 
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import REPO, random_sessions_folder
+from conftest import REPO, random_sessions_folder, wait_for_epoch
 from recbole_gru4rec import compat, options, pipeline
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.run_control import NonFiniteLossError, RunControl, TrainingInterrupted
@@ -70,23 +68,6 @@ def default_ctrl_c():
 def run_py(args, **kwargs):
     return subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=default_ctrl_c, **kwargs)
-
-
-def wait_for_epoch(folder, epoch, process, timeout=120):
-    """Wait until a last checkpoint in ``folder`` records ``epoch``; returns its path."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the run ended before it could be stopped"
-        for name in os.listdir(folder) if os.path.isdir(folder) else []:
-            if name.endswith("-last.pth"):
-                path = os.path.join(folder, name)
-                try:
-                    if torch.load(path, weights_only=True)["epoch"] >= epoch:
-                        return path
-                except (OSError, RuntimeError, EOFError):
-                    pass  # replaced while being read
-        time.sleep(0.05)
-    raise AssertionError(f"no checkpoint of epoch {epoch} in {timeout} s")
 
 
 def cli_args(small, folder, result_file, epochs):

@@ -170,8 +170,8 @@ def markdown(header, rows, comparisons=None):
         f"Protocol: {json.dumps(header['protocol'], sort_keys=True)}  ",
         "Test metrics of the best-validation epoch: mean ± standard deviation over the entry's seeds (no ± with one",
         "seed). Time columns: means over the seeds; † marks an entry with a run whose cores were shared with other",
-        "work (its times are too high). Budget: the time budget of the runs in minutes; none: trained until early",
-        "stopping or the last epoch.",
+        "work, or that was a Ray task given fewer than its machine's cores (its times are too high). Budget: the",
+        "time budget of the runs in minutes; none: trained until early stopping or the last epoch.",
     ]
     if reference is not None and tests:
         lines += [

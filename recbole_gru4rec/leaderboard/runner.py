@@ -10,19 +10,23 @@ one from its last epoch checkpoint (a run whose config changed since its row was
 file is missing, is trained again).
 """
 
+import ctypes
+import dataclasses
 import datetime
 import glob
 import json
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
-from recbole_gru4rec import options, pipeline, registry
+from recbole_gru4rec import options, pipeline, ray_cluster, registry
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.leaderboard.report import Leaderboard
 
@@ -36,6 +40,9 @@ PROTOCOL_KEYS = (
 )
 # Protocol keys that may differ between the runs of one leaderboard: each row records its own.
 PER_RUN_KEYS = ("seed",)
+# Where each run's checkpoints live (one folder per dataset and run), unless --checkpoint_dir says otherwise.
+DEFAULT_CHECKPOINT_ROOT = os.path.join("saved", "leaderboard")
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 class Entry:
@@ -171,11 +178,6 @@ def run_name(entry, seed):
     return f"{entry.key.replace(':', '-')}-seed{seed}"
 
 
-def checkpoint_dir(dataset, entry, seed):
-    """Where a run's checkpoints live, so that a later run of the same leaderboard finds them."""
-    return os.path.join("saved", "leaderboard", dataset, run_name(entry, seed))
-
-
 def per_user_path(dataset, entry, seed):
     """A run's per-user test metrics file, relative to the leaderboard's folder."""
     return os.path.join(f"leaderboard-{dataset}-users", f"{run_name(entry, seed)}.npz")
@@ -187,15 +189,6 @@ def latest_last_checkpoint(folder):
     return found[-1] if found else None
 
 
-def entry_config(entry, dataset, config_files, overrides, seed=None):
-    """The resolved RecBole config the entry's run will use (built here to check it before anything trains);
-    ``seed`` None: the protocol's."""
-    overrides = dict(overrides)
-    if seed is not None:
-        overrides.update(seed=seed, checkpoint_dir=checkpoint_dir(dataset, entry, seed))
-    return pipeline.build_config(entry.model, dataset, list(config_files) + entry.config_files, overrides)
-
-
 def resolve_seeds(protocol_seed, seeds, n_seeds):
     """The seeds to run: ``seeds``, else ``n_seeds`` of them from the protocol's seed on, else the protocol's."""
     if seeds is not None:
@@ -203,56 +196,141 @@ def resolve_seeds(protocol_seed, seeds, n_seeds):
     return [protocol_seed + offset for offset in range(n_seeds or 1)]
 
 
-def resumable_checkpoint(entry, config):
-    """The run's unfinished training to continue: its newest last checkpoint, if it has this exact config."""
-    checkpoint = latest_last_checkpoint(checkpoint_dir(config["dataset"], entry, config["seed"]))
-    if checkpoint is None:
-        return None
-    try:
-        pipeline.check_resume(config, checkpoint)
-    except UsageError as mismatch:
-        print(f"leaderboard: {entry.key}: not resuming {checkpoint} ({mismatch}); training from the start")
-        return None
-    return checkpoint
+@dataclasses.dataclass
+class Run:
+    """One (entry, seed) of a leaderboard: everything its ``run.py`` process needs (plain values, so that a Ray
+    task can carry it to another machine). ``seed`` None: the protocol's seed (to read the protocol from)."""
+
+    entry: Entry
+    seed: int
+    dataset: str
+    config_files: list
+    overrides: dict
+    time_budget_min: float = None
+    checkpoint_root: str = DEFAULT_CHECKPOINT_ROOT
+
+    @property
+    def name(self):
+        """How the log names the run."""
+        return f"{self.entry.key} seed {self.seed}"
+
+    @property
+    def checkpoint_folder(self):
+        """Where the run's checkpoints live, so that a later (or retried) run of it finds them."""
+        return os.path.join(self.checkpoint_root, self.dataset, run_name(self.entry, self.seed))
+
+    def config(self):
+        """The resolved RecBole config the run will use (built to check it before anything trains)."""
+        overrides = dict(self.overrides)
+        if self.seed is not None:
+            overrides.update(seed=self.seed, checkpoint_dir=self.checkpoint_folder)
+        return pipeline.build_config(self.entry.model, self.dataset, list(self.config_files) + self.entry.config_files,
+                                     overrides)
+
+    def resumable_checkpoint(self):
+        """The run's unfinished training to continue: its newest last checkpoint, if it has this exact config."""
+        checkpoint = latest_last_checkpoint(self.checkpoint_folder)
+        if checkpoint is None:
+            return None
+        try:
+            pipeline.check_resume(self.config(), checkpoint)
+        except UsageError as mismatch:
+            print(f"leaderboard: {self.name}: not resuming {checkpoint} ({mismatch}); training from the start")
+            return None
+        return checkpoint
+
+    def forget_checkpoints(self):
+        """Remove the run's last checkpoints: nothing is left to resume."""
+        for path in glob.glob(os.path.join(self.checkpoint_folder, "*-last.pth")):
+            os.remove(path)
+
+    def command(self, result_file, per_user_file, resume):
+        """The ``run.py`` command line of the run."""
+        files = list(self.config_files) + self.entry.config_files
+        command = [sys.executable, "-m", "recbole_gru4rec", f"--model={self.entry.model}", f"--dataset={self.dataset}"]
+        if files:
+            command.append(f"--config_files={','.join(files)}")
+        command += [f"--{key}={value}" for key, value in self.overrides.items()]
+        command += [f"--seed={self.seed}", f"--checkpoint_dir={self.checkpoint_folder}",
+                    f"--result_file={result_file}", f"--per_user_file={per_user_file}"]
+        if self.time_budget_min is not None:
+            command.append(f"--time_budget_min={self.time_budget_min}")
+        if resume is not None:
+            command.append(f"--resume={resume}")
+        return command
 
 
-def entry_command(entry, seed, dataset, config_files, overrides, time_budget_min, result_file, per_user_file, resume):
-    """The ``run.py`` command line of one (entry, seed) run."""
-    files = list(config_files) + entry.config_files
-    command = [sys.executable, "-m", "recbole_gru4rec", f"--model={entry.model}", f"--dataset={dataset}"]
-    if files:
-        command.append(f"--config_files={','.join(files)}")
-    command += [f"--{key}={value}" for key, value in overrides.items()]
-    command += [f"--seed={seed}", f"--checkpoint_dir={checkpoint_dir(dataset, entry, seed)}",
-                f"--result_file={result_file}", f"--per_user_file={per_user_file}"]
-    if time_budget_min is not None:
-        command.append(f"--time_budget_min={time_budget_min}")
-    if resume is not None:
-        command.append(f"--resume={resume}")
-    return command
+def die_with_parent():
+    """In a run's process, on Linux: be killed when the process that started it dies (a Ray worker killed
+    mid-run must not leave its training behind, writing checkpoints beside the retried task's)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def train(run, threads=None):
+    """Train ``run`` as its own ``run.py`` process in the current folder, resuming its last checkpoint if it has one.
+
+    Returns what the leaderboard records: the result record, the per-user metrics file's bytes, the machine it
+    ran on. ``threads`` sets the process's torch threads (a Ray task's CPUs). Raises :class:`LeaderboardStopped`.
+    """
+    resume = run.resumable_checkpoint()
+    environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    with tempfile.TemporaryDirectory(prefix="leaderboard-run-") as scratch:
+        result_file, per_user_file = os.path.join(scratch, "result.json"), os.path.join(scratch, "users.npz")
+        command = run.command(result_file, per_user_file, resume)
+        print(f"leaderboard: {run.name}" + (f" (resuming {resume})" if resume else ""), flush=True)
+        print("  " + " ".join(shlex.quote(part) for part in command), flush=True)
+        process = subprocess.Popen(command, env=environment, preexec_fn=die_with_parent)
+        try:
+            returncode = process.wait()
+        except KeyboardInterrupt:
+            returncode = process.wait()  # the run got the same Ctrl-C: it ends after naming its checkpoint
+        if returncode != 0:
+            raise LeaderboardStopped(run.name, returncode)
+        with open(result_file, encoding="utf-8") as f:
+            result = json.load(f)
+        with open(per_user_file, "rb") as f:
+            per_user = f.read()
+    run.forget_checkpoints()
+    return {"result": result, "per_user": per_user, "machine": machine()}
+
+
+def train_in(folder, run, threads):
+    """:func:`train` from ``folder`` (the leaderboard command's own, where its relative paths point): a Ray task."""
+    os.chdir(folder)
+    return train(run, threads)
 
 
 def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budget_min=None, output_dir="results",
-                    rerun=False, command_line="", seeds=None, n_seeds=None, shared_cores=False):
+                    rerun=False, command_line="", seeds=None, n_seeds=None, shared_cores=False,
+                    checkpoint_root=DEFAULT_CHECKPOINT_ROOT, ray_address=None, cpus_per_run=1, gpus_per_run=0):
     """Train and evaluate every entry of ``models`` once per seed and write the leaderboard files; returns them.
 
     ``seeds`` (a list) or ``n_seeds`` (that many from the protocol's seed on); neither: the protocol's seed.
     ``shared_cores`` marks the rows' time columns as measured while other work shared the machine.
+    ``ray_address``: run the (entry, seed) runs as Ray tasks of ``cpus_per_run`` / ``gpus_per_run`` on that cluster
+    (:mod:`~recbole_gru4rec.ray_cluster`), ``checkpoint_root`` on storage every worker sees; None: one after another here.
     """
     entries = parse_entries(models)
     overrides = dict(overrides or {})
-    shared = sorted(set(overrides) & {"checkpoint_dir", "result_file", "per_user_file", "seed"})
-    if shared:
-        raise UsageError(f"--leaderboard chooses {', '.join(shared)} itself; leave it out")
+    chosen_here = sorted(set(overrides) & {"checkpoint_dir", "result_file", "per_user_file", "seed"})
+    if chosen_here:
+        raise UsageError(f"--leaderboard chooses {', '.join(chosen_here)} itself; leave it out")
     for path in config_files:
         if not os.path.isfile(path):
             raise UsageError(f"config file {path!r} does not exist")
+    if ray_address is not None:
+        ray_cluster.check_address(ray_address)
+        if not cpus_per_run > 0 or not gpus_per_run >= 0:
+            raise UsageError(f"--cpus_per_run={cpus_per_run} --gpus_per_run={gpus_per_run}: use cpus > 0, gpus >= 0")
     board = Leaderboard(dataset, output_dir)
     if rerun:
         board.rows = []
-    protocol_seed = entry_config(entries[0], dataset, config_files, overrides)["seed"]
-    runs = [(entry, seed) for entry in entries for seed in resolve_seeds(protocol_seed, seeds, n_seeds)]
-    configs = {(entry.key, seed): entry_config(entry, dataset, config_files, overrides, seed) for entry, seed in runs}
+    plan = dict(dataset=dataset, config_files=list(config_files), overrides=overrides, time_budget_min=time_budget_min,
+                checkpoint_root=os.path.abspath(checkpoint_root))
+    protocol_seed = Run(entries[0], None, **plan).config()["seed"]
+    runs = [Run(entry, seed, **plan) for entry in entries for seed in resolve_seeds(protocol_seed, seeds, n_seeds)]
+    configs = {run.name: run.config() for run in runs}
     protocols = {json.dumps(protocol_of(pipeline.comparison_config(config)), sort_keys=True)
                  for config in configs.values()}
     if board.rows:
@@ -265,47 +343,78 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
     header = {"dataset": dataset, "command": command_line, "machine": machine(), "versions": versions(),
               "time_budget_min": time_budget_min, "date": datetime.date.today().isoformat()}
     os.makedirs(os.path.join(output_dir, f"leaderboard-{dataset}-users"), exist_ok=True)
-    for entry, seed in runs:
-        name = f"{entry.key} seed {seed}"
-        per_user_file = per_user_path(dataset, entry, seed)
-        finished = board.row(entry, seed)
-        if finished is not None and not rerun:
-            if not same_config(finished["config"], pipeline.comparison_config(configs[(entry.key, seed)])):
-                print(f"leaderboard: {name}: its config changed since its row was written; training it again")
-            elif not os.path.isfile(os.path.join(output_dir, finished.get("per_user_file") or per_user_file)):
-                print(f"leaderboard: {name}: its row has no per-user metrics file; training it again")
+    todo = []
+    for run in runs:
+        finished = board.row(run.entry, run.seed)
+        if rerun:
+            run.forget_checkpoints()
+        elif finished is not None:
+            if not same_config(finished["config"], pipeline.comparison_config(configs[run.name])):
+                print(f"leaderboard: {run.name}: its config changed since its row was written; training it again")
+            elif not os.path.isfile(os.path.join(output_dir, finished.get("per_user_file") or per_user_path(dataset, run.entry, run.seed))):
+                print(f"leaderboard: {run.name}: its row has no per-user metrics file; training it again")
             else:
-                print(f"leaderboard: {name} is already in {board.json_file} (skipped; --rerun=true trains it again)")
+                print(f"leaderboard: {run.name} is already in {board.json_file} (skipped; --rerun=true trains it again)")
                 continue
-        result_file = os.path.join(output_dir, f".leaderboard-{dataset}-{run_name(entry, seed)}.json")
-        resume = None if rerun else resumable_checkpoint(entry, configs[(entry.key, seed)])
-        command = entry_command(entry, seed, dataset, config_files, overrides, time_budget_min, result_file,
-                                os.path.join(output_dir, per_user_file), resume)
-        print(f"leaderboard: {name}" + (f" (resuming {resume})" if resume else ""), flush=True)
-        print("  " + " ".join(shlex.quote(part) for part in command), flush=True)
-        process = subprocess.Popen(command)
-        try:
-            returncode = process.wait()
-        except KeyboardInterrupt:
-            returncode = process.wait()  # the run got the same Ctrl-C: it ends after naming its checkpoint
-        if returncode != 0:
-            raise LeaderboardStopped(name, returncode)
-        with open(result_file, encoding="utf-8") as f:
-            result = json.load(f)
-        os.remove(result_file)
-        for finished in glob.glob(os.path.join(checkpoint_dir(dataset, entry, seed), "*-last.pth")):
-            os.remove(finished)  # the row is written: nothing left to resume
-        row = row_from(entry, seed, result, per_user_file)
+        todo.append(run)
+
+    def record(run, outcome, ray=None):
+        """Write a finished run's per-user file and row (only this process writes the leaderboard's files)."""
+        per_user_file = per_user_path(dataset, run.entry, run.seed)
+        write_atomic_bytes(os.path.join(output_dir, per_user_file), outcome["per_user"])
+        result = outcome["result"]
+        row = row_from(run.entry, run.seed, result, per_user_file)
         # A leaderboard may be finished over several sessions: each row says when, where and by which code.
-        row.update(date=header["date"], machine=header["machine"], recbole_gru4rec_commit=header["versions"]["recbole_gru4rec_commit"],
-                   time_budget_min=time_budget_min, shared_cores=shared_cores)
-        board.add(entry, seed, row, dict(header, protocol=protocol_of(result["config"])))
-        print(f"leaderboard: {name} done, test NDCG@10 {result['test_result'].get('ndcg@10', float('nan')):.4f}; "
+        fewer_cores = ray is not None and ray["cpus_per_run"] < outcome["machine"]["cpu_cores"]
+        row.update(date=header["date"], machine=outcome["machine"], recbole_gru4rec_commit=header["versions"]["recbole_gru4rec_commit"],
+                   time_budget_min=time_budget_min, shared_cores=shared_cores or fewer_cores)
+        if ray is not None:
+            row["ray"] = ray
+        board.add(run.entry, run.seed, row, dict(header, protocol=protocol_of(result["config"])))
+        print(f"leaderboard: {run.name} done, test NDCG@10 {result['test_result'].get('ndcg@10', float('nan')):.4f}; "
               f"{board.json_file} updated", flush=True)
+
+    if ray_address is None:
+        for run in todo:
+            record(run, train(run))
+    else:
+        train_on_ray(todo, record, ray_address, cpus_per_run, gpus_per_run)
     if board.header is None:
         raise UsageError("no leaderboard row was produced")
     board.write()
     return board
+
+
+def train_on_ray(runs, record, address, cpus_per_run, gpus_per_run):
+    """Train ``runs`` as Ray tasks on the cluster at ``address``, calling ``record(run, outcome, ray)`` here as each
+    finishes. A task whose worker dies is retried (Ray's default, 3 times) and resumes from its last epoch
+    checkpoint; a run that fails is reported after the others have finished."""
+    setting = {"address": address, "cpus_per_run": cpus_per_run, "gpus_per_run": gpus_per_run}
+    failures = []
+    with ray_cluster.connected(address) as ray:
+        # max_calls=1: each run gets a fresh worker process, so no state of one run reaches the next.
+        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_calls=1)(train_in)
+        threads = max(1, int(cpus_per_run))
+        pending = {task.remote(os.getcwd(), run, threads): run for run in runs}
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            run = pending.pop(ready)
+            try:
+                outcome = ray.get(ready)
+            except ray.exceptions.RayError as error:
+                failures.append(f"{run.name} ({' '.join(str(error).split())[-200:]})")
+                continue
+            record(run, outcome, setting)
+    if failures:
+        raise LeaderboardStopped("; ".join(failures), 1)
+
+
+def write_atomic_bytes(path, data):
+    """Write ``data`` to ``path`` so that a reader never sees part of it."""
+    partial = f"{path}.partial"
+    with open(partial, "wb") as f:
+        f.write(data)
+    os.replace(partial, path)
 
 
 class LeaderboardStopped(RuntimeError):
