@@ -21,6 +21,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -34,6 +35,7 @@ from recbole.utils import init_seed  # noqa: E402
 
 from recbole_gru4rec import GRU4RecPaper, SessionParallelTrainer, evaluation, pipeline  # noqa: E402
 from recbole_gru4rec.session_data import user_sessions  # noqa: E402
+from recbole_gru4rec.steps import cpp as cpp_step  # noqa: E402
 
 COMMON_AUTHOR = {"layers": [100], "batch_size": 64, "learning_rate": 0.05, "momentum": 0.0, "dropout_p_embed": 0.0,
                  "dropout_p_hidden": 0.0, "sample_alpha": 0.5, "n_sample": 512, "constrained_embedding": True,
@@ -156,18 +158,24 @@ def main():
     parser.add_argument("--seeds", default="2020,2021,2022")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--only", default=None, help="comma-separated parts of setting names to run")
+    parser.add_argument("--n_sample", type=int, default=COMMON_AUTHOR["n_sample"],
+                        help="extra negatives of both (512; the author's code's own default is 2048)")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     if not os.path.isfile(args.author_code):
         raise SystemExit(f"parity.py: --author_code={args.author_code}: no such file")
     author = load_author_code(args.author_code)
+    COMMON_AUTHOR["n_sample"] = COMMON_OURS["n_sample"] = args.n_sample
+    if shutil.which(os.environ.get("CXX", "g++")):
+        cpp_step.load_extension()  # built (or loaded) before any run is timed
     overrides = {"data_path": args.data_path} if args.data_path else {}
     seeds = [int(seed) for seed in args.seeds.split(",")]
     config = pipeline.build_config("GRU4RecPaper", args.dataset, overrides={**overrides, "state": "ERROR"})
     train, _, test = data_preparation(config, create_dataset(config))
     frame, test_rows = training_frame(train._dataset), test._dataset.inter_feat
     report = {"command": " ".join(["python", *sys.argv]), "dataset": args.dataset, "epochs": args.epochs,
-              "seeds": seeds, "torch_threads": torch.get_num_threads(), "settings": {}}
+              "seeds": seeds, "torch_threads": torch.get_num_threads(), "train_events_per_epoch": len(frame),
+              "settings": {}}
     for name, (author_setting, our_setting) in SETTINGS.items():
         if args.only and not any(part in name for part in args.only.split(",")):
             continue
@@ -181,7 +189,8 @@ def main():
             seconds["author"].append(round(spent, 1))
             print(f"{name}, seed {seed}: NDCG@10 ours {ours[-1]['ndcg@10'].mean():.4f} author "
                   f"{authors[-1]['ndcg@10'].mean():.4f}; Recall@20 ours {ours[-1]['recall@20'].mean():.4f} author "
-                  f"{authors[-1]['recall@20'].mean():.4f}", flush=True)
+                  f"{authors[-1]['recall@20'].mean():.4f}; training s ours {seconds['ours'][-1]} author "
+                  f"{seconds['author'][-1]}", flush=True)
         report["settings"][name] = {
             "author": {**COMMON_AUTHOR, **author_setting}, "ours": {**COMMON_OURS, **our_setting},
             "per_seed": {"ours": [{k: float(v.mean()) for k, v in run.items()} for run in ours],

@@ -37,6 +37,14 @@ SETTINGS = {
     "BPR, leaky-0.1": {"loss_type": "BPR", "final_activation": "leaky-0.1", "n_sample": 8},
     "TOP1, selu-1.05-1.67": {"final_activation": "selu-1.05-1.67", "n_sample": 8},
     "TOP1, relu": {"final_activation": "relu"},
+    "shared embedding, CE, 32 negatives (the author's default)": {
+        "constrained_embedding": True, "loss_type": "CE", "final_activation": "linear", "n_sample": 32},
+    "shared embedding, feedforward, input dropout, momentum": {
+        "constrained_embedding": True, "ff_hidden_size": 24, "dropout_prob_input": 0.3, "learner": "adagrad_momentum",
+        "momentum": 0.3, "n_sample": 8},
+    "learned embedding, input dropout, BPR-max, two layers": {
+        "embedding_size": 12, "dropout_prob_input": 0.3, "loss_type": "BPR-max", "num_layers": 2, "n_sample": 8},
+    "learned embedding, TOP1": {"embedding_size": 12},
 }
 
 
@@ -117,6 +125,12 @@ CPP_SETTINGS = {
     **{name: SETTINGS[name] for name in ("CE, target copies as negatives", "BPR, target copies as negatives",
                                          "CE, each step's mean (loss_scale rows)", "TOP1, each step's mean (loss_scale rows)",
                                          "BPR, leaky-0.1", "TOP1, selu-1.05-1.67", "TOP1, relu")},
+    **{name: SETTINGS[name] for name in ("shared embedding, CE, 32 negatives (the author's default)",
+                                         "shared embedding, feedforward, input dropout, momentum",
+                                         "learned embedding, TOP1")},
+    "learned embedding, input dropout, two layers, CE": {
+        "embedding_size": 12, "dropout_prob_input": 0.3, "num_layers": 2, "loss_type": "CE",
+        "final_activation": "linear", "n_sample": 8},
 }
 
 
@@ -170,10 +184,9 @@ def test_cpp_step_leaves_a_loss_it_does_not_cover_to_the_fused_step_and_says_so(
 
 
 @pytest.mark.parametrize("options,reason", [
-    ({"embedding_size": 8}, "embedding_size"),
     ({"learner": "adam"}, "learner: adam"),
     ({"clip_grad_norm": {"max_norm": 5}}, "clip_grad_norm"),
-    ({"embedding_size": 8, "compile_step": True}, "embedding_size"),
+    ({"learner": "adam", "compile_step": True}, "learner: adam"),
 ])
 def test_settings_it_does_not_cover_train_with_autograd_and_say_why(tiny, caplog, options, reason):
     config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny, state="INFO", **options)
@@ -201,7 +214,9 @@ def test_without_the_cpp_step_the_trainer_trains_every_step_with_the_fused_step(
     ({}, CppTrainingSteps, "training step: the C++ step (cpp_step: auto)"),
     ({"loss_type": "BPR-max"}, FusedTrainingStep, "because of loss_type: BPR-max, final_activation: elu-0.5"),
     ({"compile_step": True}, FusedTrainingStep, "because of compile_step: True"),
-    ({"embedding_size": 8}, type(None), "training with autograd because of embedding_size > 0"),
+    ({"constrained_embedding": True, "loss_type": "CE"}, CppTrainingSteps, "training step: the C++ step (cpp_step: auto)"),
+    ({"embedding_size": 8}, CppTrainingSteps, "training step: the C++ step (cpp_step: auto)"),
+    ({"learner": "adam"}, type(None), "training with autograd because of learner: adam"),
     ({"no_compiler": True}, FusedTrainingStep, "because of no C++ compiler: 'no-such-compiler-here'"),
 ])
 def test_cpp_step_auto_picks_the_fastest_path_that_can_run_and_says_which(tiny, caplog, monkeypatch, options, expected,

@@ -3,7 +3,8 @@
 The C++ source is compiled with torch's extension builder the first time it is used (about 40 s here; then
 cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). It trains on the CPU, and
 covers what the fused step writes out: TOP1 and BPR with any final activation, and cross-entropy on linear
-scores (with logQ); other losses train with the fused step, which says so once.
+scores (with logQ), with any input (1-of-N, an embedding, the shared embedding); other losses train with the
+fused step, which says so once.
 """
 
 import os
@@ -71,6 +72,8 @@ class CppTrainingSteps:
         self.extension = load_extension()
         kind, self.alpha, self.scale = activations.parse(model.activation_name)
         self.activation = activations.CPP_CODES[kind]
+        # cpp_step.cpp's Input: the 1-of-N input, a learned embedding, or the output weights as the embedding.
+        self.input_code = 2 if self.fused.shared else 1 if self.fused.embedded else 0
 
     def _row_tensors(self, weight):
         sums, velocity = self.optimizer.accumulators(weight)
@@ -97,7 +100,8 @@ class CppTrainingSteps:
             if model.n_sample > 0:
                 negatives = torch.stack([model.negatives.next(steps.items.device) for _ in range(last - first)])
             losses, hidden = self.extension.train_steps(
-                dense, list(sums), velocities, input_rows, output_rows, bias_rows, len(self.fused.hidden_layers),
+                dense, list(sums), velocities, input_rows, output_rows, bias_rows, self.input_code,
+                len(self.fused.hidden_layers),
                 self.fused.feedforward is not None, model.reset_before, LOSS_CODES[model.loss_type],
                 model.remove_accidental_hits, model.loss_divisor or 0, self.activation,
                 self.alpha, self.scale,

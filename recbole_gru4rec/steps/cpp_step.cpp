@@ -27,8 +27,12 @@ using at::Tensor;
 
 enum Loss { CROSS_ENTROPY = 0, TOP1 = 1, BPR = 2 };
 enum Activation { LINEAR = 0, TANH = 1, ELU = 2, RELU = 3, LEAKY = 4, SELU = 5 };  // steps/activations.py
+// The first layer's input: 1-of-N (rows of W_ih, one per item), a learned embedding, or the output weights
+// as the embedding (constrained_embedding).
+enum Input { ONE_HOT = 0, EMBEDDING = 1, SHARED_EMBEDDING = 2 };
 
 struct Settings {
+  Input input;
   int64_t num_layers;
   bool feedforward, reset_before;
   Loss loss;
@@ -41,18 +45,23 @@ struct Settings {
   float lr, momentum, eps;
 };
 
-// The dense parameters, in the order of FusedTrainingStep.dense_params: input bias, (W_hh, b_hh) of each
-// GRU layer, (W_ih, b_ih) of each upper layer, then the feedforward layer's (W, b). (The output bias is updated
-// at the scored items only, as a one-column RowParameter.)
+// The dense parameters, in the order of FusedTrainingStep.dense_params: the first layer's input (b_ih for the
+// 1-of-N input; W_ih and b_ih after an embedding), (W_hh, b_hh) of each GRU layer, (W_ih, b_ih) of each upper
+// layer, then the feedforward layer's (W, b). (The output bias is updated at the scored items only, as a
+// one-column RowParameter.)
 // The *_at functions give a parameter's index there, which is also its gradient's index in a step.
 struct Parameters {
   const std::vector<Tensor>& dense;
   int64_t layers;
-  static constexpr int64_t input_bias_at = 0;
-  int64_t hidden_weight_at(int64_t layer) const { return 1 + 2 * layer; }
-  int64_t upper_weight_at(int64_t layer) const { return 1 + 2 * layers + 2 * layer; }  // the layer feeding layer + 1
-  int64_t feedforward_weight_at() const { return 4 * layers - 1; }  // each bias follows its weight
-  const Tensor& input_bias() const { return dense[input_bias_at]; }
+  bool embedded;
+  static constexpr int64_t input_weight_at = 0;  // only after an embedding
+  int64_t input_bias_at() const { return embedded ? 1 : 0; }
+  int64_t hidden_weight_at(int64_t layer) const { return input_bias_at() + 1 + 2 * layer; }
+  // the layer feeding layer + 1
+  int64_t upper_weight_at(int64_t layer) const { return input_bias_at() + 1 + 2 * layers + 2 * layer; }
+  int64_t feedforward_weight_at() const { return input_bias_at() + 4 * layers - 1; }  // each bias follows its weight
+  const Tensor& input_weight() const { return dense[input_weight_at]; }
+  const Tensor& input_bias() const { return dense[input_bias_at()]; }
   const Tensor& hidden_weight(int64_t layer) const { return dense[hidden_weight_at(layer)]; }
   const Tensor& hidden_bias(int64_t layer) const { return dense[hidden_weight_at(layer) + 1]; }
   const Tensor& upper_weight(int64_t layer) const { return dense[upper_weight_at(layer)]; }
@@ -527,8 +536,11 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
                                      const Settings& s) {
   const int64_t layers = s.num_layers, rows = items.size(0), size = hidden.size(2), width = columns.size(0);
   const auto options = hidden.options();
-  // The random draws first, in the fused step's order: input dropout, then each layer's.
-  Tensor input_mask = s.dropout_input > 0 ? dropout_mask(rows, 1, s.dropout_input, options) : Tensor();
+  const bool one_hot = s.input == ONE_HOT;
+  // The random draws first, in the fused step's order: input dropout (one value per row for the 1-of-N input,
+  // whose gathered row it scales; one per embedding dimension otherwise), then each layer's.
+  Tensor input_mask = s.dropout_input > 0
+      ? dropout_mask(rows, one_hot ? 1 : input_rows.weight.size(1), s.dropout_input, options) : Tensor();
   std::vector<Tensor> hidden_masks(layers);
   for (auto& mask : hidden_masks) {
     if (s.dropout_hidden > 0) mask = dropout_mask(rows, size, s.dropout_hidden, options);
@@ -537,8 +549,15 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   // Forward, keeping what the backward needs.
   const int64_t* item = items.data_ptr<int64_t>();
   const int64_t* column = columns.data_ptr<int64_t>();
-  Tensor gates = gather_rows(input_rows.weight, item, rows, input_mask.defined() ? input_mask.data_ptr<float>() : nullptr);
-  gates += params.input_bias();
+  Tensor embedded, gates;
+  if (one_hot) {
+    gates = gather_rows(input_rows.weight, item, rows, input_mask.defined() ? input_mask.data_ptr<float>() : nullptr);
+    gates += params.input_bias();
+  } else {
+    embedded = gather_rows(input_rows.weight, item, rows);
+    if (input_mask.defined()) embedded.mul_(input_mask);
+    gates = at::addmm(params.input_bias(), embedded, params.input_weight().t());
+  }
   Tensor new_hidden = at::empty({layers, rows, size}, options);
   std::vector<LayerCache> caches;
   std::vector<Tensor> outputs;
@@ -558,16 +577,20 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, workspace.columns, s);
 
   // Backward and update, in two halves that share nothing they write: the output layer (its weight rows and
-  // bias), and the rest, top to bottom. The rest reads the output weights only through column_weights, copied
-  // before any update. With two or more intra-op threads the halves run side by side: at this size a matrix
-  // product gains little from a second thread, two products at once nearly twice. grads follows dense's order.
+  // bias), and the rest, top to bottom. The rest reads the output weights only through column_weights (and a
+  // shared embedding through embedded), copied before any update. With two or more intra-op threads the halves
+  // run side by side: at this size a matrix product gains little from a second thread, two products at once
+  // nearly twice. grads follows dense's order. A shared embedding's rows are updated after both halves, once,
+  // from the gradients of both uses.
+  const bool shared = s.input == SHARED_EMBEDDING;
   std::vector<Tensor> grads(dense.size());
+  Tensor column_grads, input_grads;
   auto update = [&](size_t i) {
     adagrad_dense(dense[i], grads[i], sums[i], velocities.empty() ? nullptr : &velocities[i], s);
   };
   auto output_layer = [&] {
-    Tensor column_grads = at::mm(grad_logits.t(), head);
-    adagrad_rows(output_rows, columns, column_grads, workspace.output_half, s);
+    column_grads = at::mm(grad_logits.t(), head);
+    if (!shared) adagrad_rows(output_rows, columns, column_grads, workspace.output_half, s);
     adagrad_rows(bias_rows, columns, grad_logits.sum(0).unsqueeze(1), workspace.output_half, s);
   };
   auto rest = [&] {
@@ -590,14 +613,22 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
         grad_output = at::mm(gate_grads.input_gates, params.upper_weight(layer - 1));
       }
     }
-    grads[Parameters::input_bias_at] = gate_grads.input_gates_sum;
+    grads[params.input_bias_at()] = gate_grads.input_gates_sum;
+    input_grads = gate_grads.input_gates;
+    if (!one_hot) {
+      grads[Parameters::input_weight_at] = at::mm(input_grads.t(), embedded);
+      input_grads = at::mm(input_grads, params.input_weight());
+    }
+    if (input_mask.defined()) input_grads = input_grads * input_mask;
     for (size_t i = 0; i < dense.size(); ++i) update(i);
-    adagrad_rows(input_rows, items, input_mask.defined() ? gate_grads.input_gates * input_mask : gate_grads.input_gates,
-                 workspace.rest_half, s);
+    if (!shared) adagrad_rows(input_rows, items, input_grads, workspace.rest_half, s);
   };
   at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t half = begin; half < end; ++half) half == 0 ? output_layer() : rest();
   });
+  if (shared) {
+    adagrad_rows(output_rows, at::cat({items, columns}), at::cat({input_grads, column_grads}), workspace.output_half, s);
+  }
   return {loss, new_hidden};
 }
 
@@ -628,7 +659,7 @@ Tensor carried_hidden(const Tensor& state, const int64_t* previous_rows, const f
 std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Tensor> sums,
                                        std::vector<Tensor> velocities, std::vector<Tensor> input_rows,
                                        std::vector<Tensor> output_rows, std::vector<Tensor> bias_rows,
-                                       int64_t num_layers, bool feedforward,
+                                       int64_t input_kind, int64_t num_layers, bool feedforward,
                                        bool reset_before,
                                        int64_t loss, bool remove_accidental_hits, int64_t loss_divisor,
                                        int64_t activation, double alpha, double scale, double logq,
@@ -637,11 +668,11 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
                                        Tensor targets, Tensor carry, Tensor previous_rows, std::vector<int64_t> bounds,
                                        std::optional<Tensor> negatives, std::optional<Tensor> hidden) {
   c10::NoGradGuard no_grad;
-  const Settings settings{num_layers, feedforward, reset_before, static_cast<Loss>(loss), remove_accidental_hits, loss_divisor,
+  const Settings settings{static_cast<Input>(input_kind), num_layers, feedforward, reset_before, static_cast<Loss>(loss), remove_accidental_hits, loss_divisor,
                           static_cast<Activation>(activation),
                           alpha, scale, logq, sample_alpha, dropout_input, dropout_hidden, static_cast<float>(lr),
                           static_cast<float>(momentum), static_cast<float>(eps)};
-  const Parameters params{dense, num_layers};
+  const Parameters params{dense, num_layers, input_kind != ONE_HOT};
   RowParameter input(input_rows), output(output_rows), bias(bias_rows);
   Workspace workspace(output.weight.size(0));
   const int64_t steps = static_cast<int64_t>(bounds.size()) - 1;

@@ -4,7 +4,8 @@ A session-parallel step is small (B rows, one event each), so autograd's graph, 
 item-indexed weights (built, then sorted to coalesce them) and the optimizer's per-parameter loop cost several
 times more than the arithmetic. Here the step is the arithmetic: the forward keeps what the backward needs,
 the backward is the chain rule through each layer, and the gradients of the item-indexed weights stay the
-rows the step touched (the input items, the scored columns), updated by :func:`adagrad_rows_`, the function
+rows the step touched (the input items, the scored columns; with a shared embedding both, summed), updated by
+:func:`adagrad_rows_`, the function
 behind :meth:`AdagradMomentum.update_rows`. The loss gradient on the (B, K) score matrix is
 :func:`loss_and_gradient`'s.
 
@@ -27,8 +28,6 @@ from recbole_gru4rec.steps import activations
 
 def unfused_reason(model, optimizer, config):
     """Why the fused step cannot train this setting (a phrase naming the option), or None when it can."""
-    if model.item_embedding is not None:
-        return "embedding_size > 0 or constrained_embedding: True (the fused step covers the 1-of-N input)"
     if not isinstance(optimizer, AdagradMomentum):
         return (f"learner: {config['learner']}, weight_decay: {config['weight_decay']} (the fused step updates with "
                 "adagrad or adagrad_momentum, without weight decay)")
@@ -67,7 +66,11 @@ class FusedTrainingStep:
 
     def __init__(self, model, optimizer, state, compiled=False):
         self.model, self.optimizer, self.state = model, optimizer, state
-        self.input_weights = model.input_layer.weight  # (n_items, 3H): one row per item, the 1-of-N product
+        # The item-indexed input rows: W_ih's (n_items, 3H) for the 1-of-N input (its product with a one-hot
+        # vector), else the embedding table, which with constrained_embedding is the output weights themselves.
+        self.embedded = model.item_embedding is not None
+        self.shared = model.constrained_embedding
+        self.input_weights = model.item_embedding.weight if self.embedded else model.input_layer.weight
         self.output_weights = model.output_weights.weight
         self.hidden_layers = list(model.hidden_layers)
         self.upper_input_layers = list(model.upper_input_layers)
@@ -75,7 +78,8 @@ class FusedTrainingStep:
         # Updated densely, as their dense gradients are in the autograd path; the output bias, like the item
         # rows, only where a step scores (the author's sparse By).
         self.output_bias = model.output_bias
-        self.dense_params = [model.input_bias]
+        self.input_layer = model.input_layer if self.embedded else None  # the embedding's W_ih and b_ih
+        self.dense_params = [model.input_layer.weight, model.input_layer.bias] if self.embedded else [model.input_bias]
         for layer in self.hidden_layers + self.upper_input_layers + [self.feedforward]:
             if layer is not None:
                 self.dense_params += [layer.weight, layer.bias]
@@ -93,7 +97,10 @@ class FusedTrainingStep:
         hidden = self.state.carried(interaction)
         # The random draws, in the autograd path's order (input dropout, then each layer's), come first: the
         # arithmetic then holds no random state, and compiled or not it uses the same numbers.
-        input_mask = dropout_mask(hidden[0, :, :1], model.dropout_input) if model.dropout_input > 0 else None
+        # One value per row for the 1-of-N input (see _arithmetic), one per embedding dimension otherwise.
+        input_width = self.input_weights.shape[1] if self.embedded else 1
+        input_mask = (dropout_mask(hidden.new_empty(len(items), input_width), model.dropout_input)
+                      if model.dropout_input > 0 else None)
         hidden_masks = [dropout_mask(hidden[0], model.dropout_hidden) if model.dropout_hidden > 0 else None
                         for _ in self.hidden_layers]
         columns = model.negatives.columns(targets)
@@ -120,7 +127,10 @@ class FusedTrainingStep:
         if input_mask is not None:
             # Dropout on a one-hot vector keeps or drops its single 1, so it scales the whole gathered row.
             input_rows_of_items = input_rows_of_items * input_mask
-        gates = input_rows_of_items + model.input_bias
+        if self.embedded:
+            gates = torch.addmm(self.input_layer.bias, input_rows_of_items, self.input_layer.weight.t())
+        else:
+            gates = input_rows_of_items + model.input_bias
         caches, outputs, new_hidden = [], [], []
         for layer, hidden_layer in enumerate(self.hidden_layers):
             state, cache = gru_forward(gates, hidden[layer], hidden_layer.weight, hidden_layer.bias, model.reset_before)
@@ -160,14 +170,25 @@ class FusedTrainingStep:
                 grads[upper.weight] = grad_gates.t() @ outputs[layer - 1]
                 grads[upper.bias] = grad_gates.sum(0)
                 grad_output = grad_gates @ upper.weight
-        grads[model.input_bias] = grad_gates.sum(0)
-        input_grads = grad_gates * input_mask if input_mask is not None else grad_gates
+        if self.embedded:
+            grads[self.input_layer.weight] = grad_gates.t() @ input_rows_of_items
+            grads[self.input_layer.bias] = grad_gates.sum(0)
+            input_grads = grad_gates @ self.input_layer.weight
+        else:
+            grads[model.input_bias] = grad_gates.sum(0)
+            input_grads = grad_gates
+        if input_mask is not None:
+            input_grads = input_grads * input_mask
 
         # Update.
         sums, velocities = zip(*accumulators)
         adagrad_dense_(self.dense_params, [grads[p] for p in self.dense_params], list(sums),
                        None if velocities[0] is None else list(velocities), *hyperparameters)
-        adagrad_rows_(self.input_weights, items, input_grads, *input_rows, *hyperparameters)
-        adagrad_rows_(self.output_weights, columns, column_grads, *output_rows, *hyperparameters)
+        if self.shared:  # one update of the rows both uses touched, from their summed gradients, as autograd's
+            adagrad_rows_(self.output_weights, torch.cat([items, columns]), torch.cat([input_grads, column_grads]),
+                          *output_rows, *hyperparameters)
+        else:
+            adagrad_rows_(self.input_weights, items, input_grads, *input_rows, *hyperparameters)
+            adagrad_rows_(self.output_weights, columns, column_grads, *output_rows, *hyperparameters)
         adagrad_rows_(self.output_bias, columns, grad_logits.sum(0), *bias_rows, *hyperparameters)
         return loss, torch.stack(new_hidden)
