@@ -95,7 +95,10 @@ def check_resume(config, checkpoint_path):
     checkpoint = compat.load_checkpoint(checkpoint_path, kind="last")
     current = options.without_execution_options(compat.plain(config.final_config_dict))
     trained = options.without_execution_options(checkpoint["config"])
-    for key in ["model", "dataset", *sorted(set(current) | set(trained))]:
+    # Checkpoints may be moved, or reached by another path (relative, or a Ray node's mount): the folder they are
+    # written to is not part of what the run computes.
+    compared = (set(current) | set(trained)) - {"checkpoint_dir"}
+    for key in ["model", "dataset", *sorted(compared)]:
         if current.get(key) != trained.get(key):
             raise UsageError(
                 f"--resume={checkpoint_path}: the checkpoint was trained with {key}={trained.get(key)!r}, "

@@ -148,6 +148,10 @@ def test_resume_refuses_another_config_and_a_best_checkpoint(small, tmp_path):
     # fused_step / compile_step change how a step is computed, not the run: resuming across them is allowed
     pipeline.check_resume(pipeline.build_config("GRU4RecPaper", "small", overrides=dict(overrides, fused_step=False)),
                           result["last_checkpoint"])
+    # so does the folder the checkpoints are written to (moved, or named by another path)
+    moved = dict(overrides, checkpoint_dir=str(tmp_path / "elsewhere"))
+    assert pipeline.check_resume(pipeline.build_config("GRU4RecPaper", "small", overrides=moved),
+                                 result["last_checkpoint"])["epoch"] == 0
 
 
 def test_a_kill_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
