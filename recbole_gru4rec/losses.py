@@ -110,6 +110,50 @@ def pairwise_with_gradient(loss_type, scores, columns, targets, divisor=None):
     return loss, gradient
 
 
+def softmax_weighted_with_gradient(loss_type, scores, columns, targets, bpreg=0.0, divisor=None):
+    """``sampled_loss("TOP1-max" or "BPR-max", ...)`` of a score matrix whose row i has its target in column i,
+    and its gradient with respect to ``scores``, written out. Returns (loss, gradient).
+
+    With s the softmax over a row's negatives, r_t its target's score and sigma(x) the sigmoid: BPR-max's
+    gradient is s_j - q_j sigma(r_t - r_j) + bpreg s_j (r_j^2 - R + 2 r_j) on negative j, where q is the
+    posterior s_j sigma(r_t - r_j) / sum_k s_k sigma(r_t - r_k) and R = sum_k s_k r_k^2, and minus sum_j q_j
+    sigma(r_j - r_t) on the target; TOP1-max's is s_j (p_j - sum_k s_k p_k + rho_j (1 - rho_j)
+    + 2 r_j g_j (1 - g_j)) with rho_j = sigma(r_j - r_t), g_j = sigma(r_j^2), p_j = rho_j + g_j, and minus
+    sum_j s_j rho_j (1 - rho_j) on the target.
+    """
+    negatives = columns[None, :] != targets[:, None]
+    has_negative = negatives.any(1)
+    row_weight = _row_weight(has_negative, divisor, scores.dtype)
+    # A row without negatives is computed over every column as a stand-in and then weighted 0 (sampled_loss).
+    negatives |= ~has_negative[:, None]
+    log_weights = torch.log_softmax(scores.masked_fill(~negatives, float("-inf")), dim=1)
+    weights = log_weights.exp()
+    difference = scores - scores.diagonal()[:, None]
+    if loss_type == "BPR-max":
+        log_ranking = F.logsigmoid(-difference)  # log sigma(r_t - r_j)
+        joint = log_weights + log_ranking
+        log_total = torch.logsumexp(joint, dim=1)
+        posterior = (joint - log_total[:, None]).exp_()
+        ranking = log_ranking.exp_()
+        square = scores * scores
+        regularizer = (weights * square).sum(1)
+        per_row = bpreg * regularizer - log_total
+        gradient = weights - posterior * ranking + bpreg * weights * (square - regularizer[:, None] + 2 * scores)
+        target_gradient = (posterior * (1 - ranking)).sum(1)
+    elif loss_type == "TOP1-max":
+        ranking = torch.sigmoid(difference)
+        squashed = torch.sigmoid(scores * scores)
+        per_pair = ranking + squashed
+        per_row = (weights * per_pair).sum(1)
+        ranking_slope = ranking * (1 - ranking)
+        gradient = weights * (per_pair - per_row[:, None] + ranking_slope + 2 * scores * squashed * (1 - squashed))
+        target_gradient = (weights * ranking_slope).sum(1)
+    else:
+        raise ValueError(f"loss_type={loss_type!r} is not TOP1-max or BPR-max")
+    gradient.diagonal().sub_(target_gradient)
+    return (per_row * row_weight).sum(), gradient.mul_(row_weight[:, None])
+
+
 def sampled_loss(loss_type, positive, scores, negatives, bpreg=0.0, divisor=None):
     """The loss of ``loss_type`` (one of :data:`LOSS_TYPES`) summed over the rows that have at least one negative,
     divided by ``divisor``; without one, their mean."""

@@ -45,6 +45,10 @@ SETTINGS = {
     "learned embedding, input dropout, BPR-max, two layers": {
         "embedding_size": 12, "dropout_prob_input": 0.3, "loss_type": "BPR-max", "num_layers": 2, "n_sample": 8},
     "learned embedding, TOP1": {"embedding_size": 12},
+    "shared embedding, BPR-max, target copies as negatives (the author's BPR-max)": {
+        "constrained_embedding": True, "loss_type": "BPR-max", "n_sample": 16, "remove_accidental_hits": False},
+    "TOP1-max, tanh, each step's mean (loss_scale rows)": {"loss_type": "TOP1-max", "final_activation": "tanh",
+                                                           "n_sample": 8, "loss_scale": "rows"},
 }
 
 
@@ -128,6 +132,7 @@ CPP_SETTINGS = {
     **{name: SETTINGS[name] for name in ("shared embedding, CE, 32 negatives (the author's default)",
                                          "shared embedding, feedforward, input dropout, momentum",
                                          "learned embedding, TOP1")},
+    **{name: SETTINGS[name] for name in SETTINGS if "-max" in name},
     "learned embedding, input dropout, two layers, CE": {
         "embedding_size": 12, "dropout_prob_input": 0.3, "num_layers": 2, "loss_type": "CE",
         "final_activation": "linear", "n_sample": 8},
@@ -172,15 +177,16 @@ def test_cpp_step_stops_where_the_fused_step_stops_at_a_non_finite_loss(tiny, mo
 
 @pytest.mark.skipif(NO_COMPILER, reason="cpp_step needs a C++ compiler")
 def test_cpp_step_leaves_a_loss_it_does_not_cover_to_the_fused_step_and_says_so(tiny, caplog):
-    config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny, state="INFO", loss_type="BPR-max",
-                                   cpp_step=True)
+    config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny, state="INFO", loss_type="CE",
+                                   final_activation="tanh", cpp_step=True)
     trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
     with caplog.at_level(logging.INFO):
         trainer._train_epoch(SessionParallelDataLoader(config, train._dataset), 0)
     said = [record.getMessage() for record in caplog.records if "not used" in record.getMessage()]
     assert type(trainer.fused_training_step) is FusedTrainingStep
-    assert said == ["cpp_step: not used, training with the fused step in Python because of loss_type: BPR-max, "
-                    "final_activation: elu-0.5 (the C++ step covers TOP1, BPR, and CE with final_activation: linear)"]
+    assert said == ["cpp_step: not used, training with the fused step in Python because of loss_type: CE, "
+                    "final_activation: tanh (the C++ step covers CE on linear scores, and TOP1, BPR, TOP1-max and "
+                    "BPR-max with any final activation)"]
 
 
 @pytest.mark.parametrize("options,reason", [
@@ -212,7 +218,10 @@ def test_without_the_cpp_step_the_trainer_trains_every_step_with_the_fused_step(
 
 @pytest.mark.parametrize("options,expected,said", [
     ({}, CppTrainingSteps, "training step: the C++ step (cpp_step: auto)"),
-    ({"loss_type": "BPR-max"}, FusedTrainingStep, "because of loss_type: BPR-max, final_activation: elu-0.5"),
+    ({"loss_type": "BPR-max"}, CppTrainingSteps, "training step: the C++ step (cpp_step: auto)"),
+    ({"loss_type": "TOP1-max"}, CppTrainingSteps, "training step: the C++ step (cpp_step: auto)"),
+    ({"loss_type": "CE", "final_activation": "tanh"}, FusedTrainingStep,
+     "because of loss_type: CE, final_activation: tanh"),
     ({"compile_step": True}, FusedTrainingStep, "because of compile_step: True"),
     ({"constrained_embedding": True, "loss_type": "CE"}, CppTrainingSteps, "training step: the C++ step (cpp_step: auto)"),
     ({"embedding_size": 8}, CppTrainingSteps, "training step: the C++ step (cpp_step: auto)"),

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from recbole_gru4rec.steps import activations
-from recbole_gru4rec.losses import LOSS_TYPES, cross_entropy_with_gradient, pairwise_with_gradient, sampled_loss
+from recbole_gru4rec.losses import (LOSS_TYPES, cross_entropy_with_gradient, pairwise_with_gradient, sampled_loss,
+                                    softmax_weighted_with_gradient)
 
 
 def sigmoid(x):
@@ -127,6 +128,33 @@ def test_written_out_pairwise_gradients_match_autograd(loss_type, seed):
     torch.testing.assert_close(gradient, scores.grad, rtol=1e-9, atol=1e-12)
     all_same = pairwise_with_gradient(loss_type, scores.detach(), torch.full_like(items, 3), torch.full((6,), 3))
     assert all_same[0].item() == 0.0 and torch.all(all_same[1] == 0)
+
+
+@pytest.mark.parametrize("loss_type", ["TOP1-max", "BPR-max"])
+@pytest.mark.parametrize("seed", range(4))
+def test_written_out_softmax_weighted_gradients_match_autograd(loss_type, seed):
+    scores, items = random_case_with_items(seed, rows=6, extra=3 * (seed % 2))
+    scores.requires_grad_()
+    negatives = items[None, :] != items[:6, None]
+    divisor = 8 if seed % 2 else None
+    expected = sampled_loss(loss_type, scores.diagonal(), scores, negatives, bpreg=0.7, divisor=divisor)
+    expected.backward()
+    loss, gradient = softmax_weighted_with_gradient(loss_type, scores.detach(), items, items[:6], 0.7, divisor)
+    rows_with_negatives = int(negatives.any(1).sum())
+    by_formula = reference(loss_type, scores.tolist(), negatives.tolist(), 0.7) * rows_with_negatives / (divisor or rows_with_negatives)
+    assert loss.item() == pytest.approx(by_formula, rel=1e-9)
+    torch.testing.assert_close(gradient, scores.grad, rtol=1e-9, atol=1e-12)
+    all_same = softmax_weighted_with_gradient(loss_type, scores.detach(), torch.full_like(items, 3), torch.full((6,), 3))
+    assert all_same[0].item() == 0.0 and torch.all(all_same[1] == 0)
+
+
+def test_written_out_bpr_max_stays_finite_where_every_negative_outscores_the_target_by_far():
+    # sigma(r_t - r_j) underflows in float32 for differences beyond ~100: the loss is taken in the log domain.
+    scores = torch.tensor([[-60.0, 60.0, 70.0], [50.0, -55.0, 65.0]])
+    loss, gradient = softmax_weighted_with_gradient("BPR-max", scores, torch.tensor([0, 1, 2]), torch.tensor([0, 1]))
+    expected = sampled_loss("BPR-max", scores.double().diagonal(), scores.double(),
+                            torch.tensor([[False, True, True], [True, False, True]]), bpreg=0.0)
+    assert torch.isfinite(gradient).all() and loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["tanh", "linear", "elu-1", "elu-0.5"])

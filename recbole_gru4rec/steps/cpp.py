@@ -2,9 +2,9 @@
 
 The C++ source is compiled with torch's extension builder the first time it is used (about 40 s here; then
 cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). It trains on the CPU, and
-covers what the fused step writes out: TOP1 and BPR with any final activation, and cross-entropy on linear
-scores (with logQ), with any input (1-of-N, an embedding, the shared embedding); other losses train with the
-fused step, which says so once.
+covers what the fused step writes out: TOP1, BPR, TOP1-max and BPR-max with any final activation, and
+cross-entropy on linear scores (with logQ), with any input (1-of-N, an embedding, the shared embedding);
+cross-entropy on other scores trains with the fused step, which says so once.
 """
 
 import os
@@ -18,7 +18,7 @@ from recbole_gru4rec.steps import activations
 from recbole_gru4rec.steps.fused import FusedTrainingStep
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpp_step.cpp")
-LOSS_CODES = {"CE": 0, "TOP1": 1, "BPR": 2}
+LOSS_CODES = {"CE": 0, "TOP1": 1, "BPR": 2, "TOP1-max": 3, "BPR-max": 4}  # cpp_step.cpp: Loss
 CHUNK_STEPS = 256  # steps per C++ call: short enough that Ctrl-C and the loss check answer within a second
 _extension = None
 
@@ -53,10 +53,10 @@ def load_extension():
 
 def uncovered_reason(model):
     """Why the C++ step cannot train this model's loss (a phrase naming the options), or None when it can."""
-    if model.loss_type in ("TOP1", "BPR") or (model.loss_type == "CE" and model.activation_name == "linear"):
+    if model.loss_type != "CE" or model.activation_name == "linear":
         return None
-    return (f"loss_type: {model.loss_type}, final_activation: {model.activation_name} (the C++ step covers TOP1, "
-            "BPR, and CE with final_activation: linear)")
+    return (f"loss_type: CE, final_activation: {model.activation_name} (the C++ step covers CE on linear scores, "
+            "and TOP1, BPR, TOP1-max and BPR-max with any final activation)")
 
 
 class CppTrainingSteps:
@@ -103,7 +103,7 @@ class CppTrainingSteps:
                 dense, list(sums), velocities, input_rows, output_rows, bias_rows, self.input_code,
                 len(self.fused.hidden_layers),
                 self.fused.feedforward is not None, model.reset_before, LOSS_CODES[model.loss_type],
-                model.remove_accidental_hits, model.loss_divisor or 0, self.activation,
+                model.remove_accidental_hits, model.loss_divisor or 0, float(model.bpreg), self.activation,
                 self.alpha, self.scale,
                 float(model.logq), float(model.sample_alpha), log_popularity, float(model.dropout_input),
                 float(model.dropout_hidden),

@@ -25,7 +25,7 @@ namespace {
 
 using at::Tensor;
 
-enum Loss { CROSS_ENTROPY = 0, TOP1 = 1, BPR = 2 };
+enum Loss { CROSS_ENTROPY = 0, TOP1 = 1, BPR = 2, TOP1_MAX = 3, BPR_MAX = 4 };  // steps/cpp.py: LOSS_CODES
 enum Activation { LINEAR = 0, TANH = 1, ELU = 2, RELU = 3, LEAKY = 4, SELU = 5 };  // steps/activations.py
 // The first layer's input: 1-of-N (rows of W_ih, one per item), a learned embedding, or the output weights
 // as the embedding (constrained_embedding).
@@ -38,6 +38,7 @@ struct Settings {
   Loss loss;
   bool remove_accidental_hits;
   int64_t loss_divisor;  // a step's summed loss over this (the batch size); 0: over its rows with a negative
+  double bpreg;  // BPR-max's score regularisation
   Activation activation;
   double alpha, scale;  // ELU / SELU alpha or the leaky slope; SELU's lambda (1 otherwise)
   double logq, sample_alpha;
@@ -307,6 +308,56 @@ std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const i
   return {loss, gradient};
 }
 
+// TOP1-max or BPR-max over the scores (softmax_weighted_with_gradient in losses.py, whose docstring has the
+// gradients): each row's pairs weighted by the softmax over its negatives. Whole-matrix ATen operations, which
+// vectorise the exponentials; BPR-max's -log sum_j s_j sigmoid(r_t - r_j) is taken in the log domain, so a
+// target far below its negatives keeps a finite loss and gradient. Returns (loss, gradient on the scores).
+std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores, const int64_t* targets,
+                                           const ColumnIndex& index, double bpreg, int64_t divisor) {
+  const int64_t rows = scores.size(0), width = scores.size(1);
+  Tensor not_negative = at::zeros({rows, width}, scores.options().dtype(at::kBool));
+  bool* excluded = not_negative.data_ptr<bool>();
+  Tensor row_weight = at::empty({rows}, scores.options());
+  float* weight = row_weight.data_ptr<float>();
+  int64_t with_negative = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    const bool has_negative = index.count(targets[i]) < width;
+    with_negative += has_negative;
+    weight[i] = has_negative ? 1.0f : 0.0f;
+    // A row without negatives is computed over every column as a stand-in and then weighted 0.
+    if (has_negative)
+      for (int32_t j = index.first(targets[i]); j >= 0; j = index.next[j]) excluded[i * width + j] = true;
+  }
+  row_weight.div_(static_cast<float>(divisor > 0 ? divisor : std::max<int64_t>(with_negative, 1)));
+  const Tensor log_weights = at::log_softmax(scores.masked_fill(not_negative, -std::numeric_limits<float>::infinity()), 1);
+  const Tensor weights = log_weights.exp();
+  const Tensor difference = scores - scores.diagonal().unsqueeze(1);
+  Tensor per_row, gradient, target_gradient;
+  if (loss_type == BPR_MAX) {
+    const Tensor log_ranking = at::log_sigmoid(difference.neg());  // log sigmoid(r_t - r_j)
+    const Tensor joint = log_weights + log_ranking;
+    const Tensor log_total = at::logsumexp(joint, {1});
+    const Tensor posterior = (joint - log_total.unsqueeze(1)).exp_();
+    const Tensor ranking = log_ranking.exp();
+    const Tensor square = scores * scores;
+    const Tensor regularizer = (weights * square).sum(1);
+    per_row = regularizer * bpreg - log_total;
+    gradient = weights - posterior * ranking + weights * (square - regularizer.unsqueeze(1) + scores * 2) * bpreg;
+    target_gradient = (posterior * (1 - ranking)).sum(1);
+  } else {
+    const Tensor ranking = at::sigmoid(difference);
+    const Tensor squashed = at::sigmoid(scores * scores);
+    const Tensor per_pair = ranking + squashed;
+    per_row = (weights * per_pair).sum(1);
+    const Tensor ranking_slope = ranking * (1 - ranking);
+    gradient = weights * (per_pair - per_row.unsqueeze(1) + ranking_slope + scores * 2 * squashed * (1 - squashed));
+    target_gradient = (weights * ranking_slope).sum(1);
+  }
+  gradient.diagonal().sub_(target_gradient);
+  gradient.mul_(row_weight.unsqueeze(1));
+  return {(per_row * row_weight).sum().item<double>(), gradient};
+}
+
 // The loss of a step and its gradient on the pre-activation scores (steps/fused.py: loss_and_gradient).
 std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& columns, const Tensor& targets,
                                             const std::optional<Tensor>& log_popularity, ItemSlots& item_slots,
@@ -339,7 +390,9 @@ std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& 
   else if (s.activation == RELU) scores = at::relu(logits);
   else if (s.activation == LEAKY) scores = at::leaky_relu(logits, s.alpha);
   else if (s.activation == ELU || s.activation == SELU) scores = at::elu(logits, s.alpha).mul_(s.scale);
-  auto [loss, gradient] = pairwise(s.loss, scores.contiguous(), target, index, s.loss_divisor);
+  auto [loss, gradient] = s.loss == TOP1 || s.loss == BPR
+      ? pairwise(s.loss, scores.contiguous(), target, index, s.loss_divisor)
+      : softmax_weighted(s.loss, scores.contiguous(), target, index, s.bpreg, s.loss_divisor);
   float* __restrict__ grad = gradient.data_ptr<float>();
   const float* __restrict__ score = scores.data_ptr<float>();
   const float* __restrict__ logit = logits.data_ptr<float>();
@@ -661,14 +714,14 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
                                        std::vector<Tensor> output_rows, std::vector<Tensor> bias_rows,
                                        int64_t input_kind, int64_t num_layers, bool feedforward,
                                        bool reset_before,
-                                       int64_t loss, bool remove_accidental_hits, int64_t loss_divisor,
+                                       int64_t loss, bool remove_accidental_hits, int64_t loss_divisor, double bpreg,
                                        int64_t activation, double alpha, double scale, double logq,
                                        double sample_alpha, std::optional<Tensor> log_popularity, double dropout_input,
                                        double dropout_hidden, double lr, double momentum, double eps, Tensor items,
                                        Tensor targets, Tensor carry, Tensor previous_rows, std::vector<int64_t> bounds,
                                        std::optional<Tensor> negatives, std::optional<Tensor> hidden) {
   c10::NoGradGuard no_grad;
-  const Settings settings{static_cast<Input>(input_kind), num_layers, feedforward, reset_before, static_cast<Loss>(loss), remove_accidental_hits, loss_divisor,
+  const Settings settings{static_cast<Input>(input_kind), num_layers, feedforward, reset_before, static_cast<Loss>(loss), remove_accidental_hits, loss_divisor, bpreg,
                           static_cast<Activation>(activation),
                           alpha, scale, logq, sample_alpha, dropout_input, dropout_hidden, static_cast<float>(lr),
                           static_cast<float>(momentum), static_cast<float>(eps)};

@@ -20,7 +20,7 @@ import torch
 
 from recbole_gru4rec.gru_cell import gru_backward, gru_forward
 from recbole_gru4rec.layers import dropout_mask
-from recbole_gru4rec.losses import cross_entropy_with_gradient, pairwise_with_gradient
+from recbole_gru4rec.losses import cross_entropy_with_gradient, pairwise_with_gradient, softmax_weighted_with_gradient
 from recbole_gru4rec.optimizers import AdagradMomentum, adagrad_dense_, adagrad_rows_
 from recbole_gru4rec.session_data import INPUT_FIELD
 from recbole_gru4rec.steps import activations
@@ -39,14 +39,19 @@ def unfused_reason(model, optimizer, config):
 
 
 def loss_and_gradient(model, logits, columns, targets):
-    """``model.loss_of_logits`` and its gradient with respect to ``logits``: written out for TOP1 and BPR, and
-    for cross-entropy on linear scores; from autograd on the (B, K) score matrix for the other losses."""
+    """``model.loss_of_logits`` and its gradient with respect to ``logits``: written out for TOP1, BPR, TOP1-max,
+    BPR-max, and for cross-entropy on linear scores; from autograd on the (B, K) score matrix for cross-entropy on
+    other scores."""
     column_ids, target_ids = model.negative_ids(columns, targets)
     if model.loss_type == "CE" and model.activation_name == "linear":
         return cross_entropy_with_gradient(model.scores(logits, columns), column_ids, target_ids, model.loss_divisor)
-    if model.loss_type in ("TOP1", "BPR"):  # logq > 0 needs CE: here the scores are the activation's
+    if model.loss_type != "CE":  # logq > 0 needs CE: here the scores are the activation's
         scores = model.scores(logits, columns)
-        loss, gradient = pairwise_with_gradient(model.loss_type, scores, column_ids, target_ids, model.loss_divisor)
+        if model.loss_type in ("TOP1", "BPR"):
+            loss, gradient = pairwise_with_gradient(model.loss_type, scores, column_ids, target_ids, model.loss_divisor)
+        else:
+            loss, gradient = softmax_weighted_with_gradient(model.loss_type, scores, column_ids, target_ids,
+                                                            model.bpreg, model.loss_divisor)
         return loss, gradient.mul_(activations.slope(model.activation_name, logits, scores))
     with torch.enable_grad():
         logits = logits.detach().requires_grad_()
