@@ -142,11 +142,28 @@ CPP_SETTINGS = {
 @pytest.mark.skipif(NO_COMPILER, reason="cpp_step needs a C++ compiler")
 @pytest.mark.parametrize("options", CPP_SETTINGS.values(), ids=CPP_SETTINGS.keys())
 def test_cpp_step_updates_as_the_fused_step_does(tiny, monkeypatch, options):
-    # Chunks of 7 steps: the hidden state crosses chunk boundaries, narrower steps among them.
+    # Chunks of 7 steps: the hidden state crosses chunk boundaries, narrower steps among them. Every step split
+    # into the two halves that run side by side (these steps are far below SPLIT_WORK).
     monkeypatch.setattr(cpp_step, "CHUNK_STEPS", 7)
+    monkeypatch.setattr(cpp_step, "SPLIT_WORK", 0)
     in_cpp = train_one_epoch(tiny, True, cpp_step=True, **options)
     assert isinstance(in_cpp[0].fused_training_step, CppTrainingSteps)
     assert_same_training(*in_cpp, *train_one_epoch(tiny, True, **options))
+
+
+@pytest.mark.skipif(NO_COMPILER, reason="cpp_step needs a C++ compiler")
+@pytest.mark.parametrize("name", ["paper TOP1", "shared embedding, CE, 32 negatives (the author's default)"])
+def test_cpp_step_on_one_thread_updates_as_the_fused_step_does_and_gives_the_threads_back(tiny, monkeypatch, name):
+    monkeypatch.setattr(cpp_step, "CHUNK_STEPS", 7)
+    monkeypatch.setattr(cpp_step, "SPLIT_WORK", 1 << 40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        in_cpp = train_one_epoch(tiny, True, cpp_step=True, **SETTINGS[name])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_training(*in_cpp, *train_one_epoch(tiny, True, **SETTINGS[name]))
 
 
 @pytest.mark.skipif(NO_COMPILER, reason="cpp_step needs a C++ compiler")

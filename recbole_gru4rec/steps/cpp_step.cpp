@@ -704,10 +704,24 @@ Tensor carried_hidden(const Tensor& state, const int64_t* previous_rows, const f
   return out;
 }
 
+// Sets the intra-op threads to one for its lifetime when ``one_thread``, then restores them: a step whose score
+// product is small loses more to waiting for the second thread than it gains from it (steps/cpp.py: SPLIT_WORK).
+struct SingleThreaded {
+  const int64_t threads;
+  const bool active;
+  explicit SingleThreaded(bool one_thread) : threads(at::get_num_threads()), active(one_thread && threads > 1) {
+    if (active) at::set_num_threads(1);
+  }
+  ~SingleThreaded() {
+    if (active) at::set_num_threads(threads);
+  }
+};
+
 // Trains the steps of one chunk: step t has the events bounds[t]:bounds[t + 1] of items, targets and carry (1: the
 // slot's session goes on; 0: it starts here), and previous_rows maps each event to its slot's row in step t - 1.
 // ``hidden`` is the state after the step before the chunk (None at the start of an epoch), ``negatives`` the
-// extra negatives of each step (steps, n_sample). Stops after the first step with a non-finite loss.
+// extra negatives of each step (steps, n_sample). A chunk whose first step's score product has fewer than
+// ``split_work`` multiply-adds runs on one thread. Stops after the first step with a non-finite loss.
 // Returns (the loss of each step trained, the hidden states after the last one).
 std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Tensor> sums,
                                        std::vector<Tensor> velocities, std::vector<Tensor> input_rows,
@@ -719,7 +733,8 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
                                        double sample_alpha, std::optional<Tensor> log_popularity, double dropout_input,
                                        double dropout_hidden, double lr, double momentum, double eps, Tensor items,
                                        Tensor targets, Tensor carry, Tensor previous_rows, std::vector<int64_t> bounds,
-                                       std::optional<Tensor> negatives, std::optional<Tensor> hidden) {
+                                       std::optional<Tensor> negatives, std::optional<Tensor> hidden,
+                                       int64_t split_work) {
   c10::NoGradGuard no_grad;
   const Settings settings{static_cast<Input>(input_kind), num_layers, feedforward, reset_before, static_cast<Loss>(loss), remove_accidental_hits, loss_divisor, bpreg,
                           static_cast<Activation>(activation),
@@ -730,6 +745,9 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
   Workspace workspace(output.weight.size(0));
   const int64_t steps = static_cast<int64_t>(bounds.size()) - 1;
   const int64_t size = params.hidden_weight(0).size(1);  // W_hh is (3H, H)
+  const int64_t first_rows = steps > 0 ? bounds[1] - bounds[0] : 0;
+  const int64_t first_width = first_rows + (negatives.has_value() ? negatives->size(1) : 0);
+  SingleThreaded small_steps(first_rows * first_width * size < split_work);
   std::vector<double> losses;
   Tensor state = hidden.has_value() ? *hidden : Tensor();
   const int64_t* previous = previous_rows.data_ptr<int64_t>();
