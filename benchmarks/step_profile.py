@@ -10,6 +10,11 @@ Builds GRU4RecPaper on a dataset with the given options, takes real session-para
   and a one-element add (the cost of any operation at all).
 Nothing is written; the output is the table, in microseconds a step.
 
+With ``--epochs=N`` it only trains N whole epochs through the trainer, on the path it picks (the C++ step by
+default), and prints each epoch's seconds: a target for ``perf record`` without the data loading's share.
+
+    perf record -F 2000 -o perf.data -- python benchmarks/step_profile.py --dataset=ml-100k --epochs=12
+
     python benchmarks/step_profile.py --dataset=ml-100k --loss_type=CE --final_activation=linear \
         --train_batch_size=64 --n_sample=512
 """
@@ -39,13 +44,26 @@ def microseconds_per_call(function, steps, rounds=1):
     return 1e6 * (time.perf_counter() - start) / (rounds * len(steps))
 
 
+def time_epochs(trainer, loader, epochs):
+    """Train ``epochs`` whole epochs as the trainer does and print each one's seconds."""
+    seconds = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        trainer._train_epoch(loader, epoch)
+        seconds.append(round(time.perf_counter() - start, 3))
+    print(f"{type(trainer.fused_training_step).__name__}, {torch.get_num_threads()} threads: seconds an epoch {seconds}")
+
+
 def main():
-    flags, options = split_flags(sys.argv[1:], {"dataset": "ml-100k", "steps": "500", "rounds": "3"})
+    flags, options = split_flags(sys.argv[1:], {"dataset": "ml-100k", "steps": "500", "rounds": "3", "epochs": "0"})
     dataset, n_steps, rounds = flags["dataset"], int(flags["steps"]), int(flags["rounds"])
     overrides = {"state": "ERROR", "show_progress": False, **options}
     config = pipeline.build_config("GRU4RecPaper", dataset, overrides=overrides)
     train, _, _ = data_preparation(config, create_dataset(config))
     trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
+    if int(flags["epochs"]) > 0:
+        time_epochs(trainer, SessionParallelDataLoader(config, train._dataset), int(flags["epochs"]))
+        return
     fused, model, optimizer = trainer._fused_step(), trainer.model, trainer.optimizer
     if fused is None:
         raise SystemExit(f"the fused step does not cover this setting: {trainer.unfused_reason}")
