@@ -309,53 +309,117 @@ std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const i
 }
 
 // TOP1-max or BPR-max over the scores (softmax_weighted_with_gradient in losses.py, whose docstring has the
-// gradients): each row's pairs weighted by the softmax over its negatives. Whole-matrix ATen operations, which
-// vectorise the exponentials; BPR-max's -log sum_j s_j sigmoid(r_t - r_j) is taken in the log domain, so a
-// target far below its negatives keeps a finite loss and gradient. Returns (loss, gradient on the scores).
+// gradients): each row's pairs weighted by the softmax s over its negatives. Three exponent matrices are filled
+// row by row and exponentiated in one vectorised call: the softmax numerators exp(r_j - m) (m: the row's largest
+// negative score), exp(-|r_j - r_t|) for the sigmoids of the differences, and for BPR-max the numerators of
+// s_j sigmoid(r_t - r_j), exp(min(r_j, r_t) - min(m, r_t)) / (1 + exp(-|r_j - r_t|)) up to a row's constant, whose
+// largest is at least 1/2: -log sum_j s_j sigmoid(r_t - r_j) stays finite with the target far below its
+// negatives, as losses.py's log-domain form does. For TOP1-max the third is exp(-r_j^2), for sigmoid(r_j^2).
+// The rows are independent but for the count of rows with a negative: they are split between the threads.
+// Returns (loss, gradient on the scores).
 std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores, const int64_t* targets,
                                            const ColumnIndex& index, double bpreg, int64_t divisor) {
-  const int64_t rows = scores.size(0), width = scores.size(1);
-  Tensor not_negative = at::zeros({rows, width}, scores.options().dtype(at::kBool));
-  bool* excluded = not_negative.data_ptr<bool>();
-  Tensor row_weight = at::empty({rows}, scores.options());
-  float* weight = row_weight.data_ptr<float>();
-  int64_t with_negative = 0;
+  const int64_t rows = scores.size(0), width = scores.size(1), grain = 16, cells = rows * width;
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  const bool bpr_max = loss_type == BPR_MAX;
+  const float regularization = static_cast<float>(bpreg);
+  // A row without negatives is computed over every column as a stand-in and then weighted 0.
+  std::vector<char> negative(cells, 1), has_negative(rows);
   for (int64_t i = 0; i < rows; ++i) {
-    const bool has_negative = index.count(targets[i]) < width;
-    with_negative += has_negative;
-    weight[i] = has_negative ? 1.0f : 0.0f;
-    // A row without negatives is computed over every column as a stand-in and then weighted 0.
-    if (has_negative)
-      for (int32_t j = index.first(targets[i]); j >= 0; j = index.next[j]) excluded[i * width + j] = true;
+    has_negative[i] = index.count(targets[i]) < width;
+    if (has_negative[i])
+      for (int32_t j = index.first(targets[i]); j >= 0; j = index.next[j]) negative[i * width + j] = 0;
   }
-  row_weight.div_(static_cast<float>(divisor > 0 ? divisor : std::max<int64_t>(with_negative, 1)));
-  const Tensor log_weights = at::log_softmax(scores.masked_fill(not_negative, -std::numeric_limits<float>::infinity()), 1);
-  const Tensor weights = log_weights.exp();
-  const Tensor difference = scores - scores.diagonal().unsqueeze(1);
-  Tensor per_row, gradient, target_gradient;
-  if (loss_type == BPR_MAX) {
-    const Tensor log_ranking = at::log_sigmoid(difference.neg());  // log sigmoid(r_t - r_j)
-    const Tensor joint = log_weights + log_ranking;
-    const Tensor log_total = at::logsumexp(joint, {1});
-    const Tensor posterior = (joint - log_total.unsqueeze(1)).exp_();
-    const Tensor ranking = log_ranking.exp();
-    const Tensor square = scores * scores;
-    const Tensor regularizer = (weights * square).sum(1);
-    per_row = regularizer * bpreg - log_total;
-    gradient = weights - posterior * ranking + weights * (square - regularizer.unsqueeze(1) + scores * 2) * bpreg;
-    target_gradient = (posterior * (1 - ranking)).sum(1);
-  } else {
-    const Tensor ranking = at::sigmoid(difference);
-    const Tensor squashed = at::sigmoid(scores * scores);
-    const Tensor per_pair = ranking + squashed;
-    per_row = (weights * per_pair).sum(1);
-    const Tensor ranking_slope = ranking * (1 - ranking);
-    gradient = weights * (per_pair - per_row.unsqueeze(1) + ranking_slope + scores * 2 * squashed * (1 - squashed));
-    target_gradient = (weights * ranking_slope).sum(1);
-  }
-  gradient.diagonal().sub_(target_gradient);
-  gradient.mul_(row_weight.unsqueeze(1));
-  return {(per_row * row_weight).sum().item<double>(), gradient};
+  const int64_t with_negative = std::count(has_negative.begin(), has_negative.end(), 1);
+  const float scale = 1.0f / static_cast<float>(divisor > 0 ? divisor : std::max<int64_t>(with_negative, 1));
+  const float* score = scores.data_ptr<float>();
+  Tensor exponents = at::empty({3, rows, width}, scores.options());
+  float* softmax = exponents.data_ptr<float>();
+  float* decay = softmax + cells;
+  float* third = decay + cells;
+  std::vector<float> row_max(rows), row_floor(rows);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* __restrict__ r = score + i * width;
+      const char* __restrict__ kept = negative.data() + i * width;
+      float* __restrict__ a = softmax + i * width;
+      float* __restrict__ b = decay + i * width;
+      float* __restrict__ c = third + i * width;
+      const float own = r[i];
+      float m = minus_infinity;
+#pragma omp simd reduction(max : m)
+      for (int64_t j = 0; j < width; ++j) m = std::max(m, kept[j] ? r[j] : minus_infinity);
+      const float lowest = std::min(m, own);
+      row_max[i] = m;
+      row_floor[i] = lowest;
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) {
+        a[j] = kept[j] ? r[j] - m : minus_infinity;
+        b[j] = -std::abs(r[j] - own);
+        c[j] = bpr_max ? (kept[j] ? std::min(r[j], own) - lowest : minus_infinity) : -r[j] * r[j];
+      }
+    }
+  });
+  exponents.exp_();  // vectorised, and split between the threads at this size
+  Tensor gradient = at::empty_like(scores);
+  float* grad = gradient.data_ptr<float>();
+  std::vector<double> row_loss(rows);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* __restrict__ r = score + i * width;
+      const float* __restrict__ a = softmax + i * width;
+      const float* __restrict__ b = decay + i * width;
+      const float* __restrict__ c = third + i * width;
+      float* __restrict__ g = grad + i * width;
+      const float own = r[i];
+      float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+      for (int64_t j = 0; j < width; ++j) total += a[j];
+      const float inverse = 1.0f / total;
+      float target_gradient = 0.0f;
+      if (bpr_max) {
+        float joint = 0.0f, regularizer = 0.0f;  // sum_j of c_j / (1 + b_j), and of s_j r_j^2
+#pragma omp simd reduction(+ : joint, regularizer)
+        for (int64_t j = 0; j < width; ++j) {
+          joint += c[j] / (1 + b[j]);
+          regularizer += a[j] * inverse * r[j] * r[j];
+        }
+        const float inverse_joint = 1.0f / joint;
+#pragma omp simd reduction(+ : target_gradient)
+        for (int64_t j = 0; j < width; ++j) {
+          const float weight = a[j] * inverse, posterior = c[j] / (1 + b[j]) * inverse_joint;
+          const float ranking = (r[j] > own ? b[j] : 1.0f) / (1 + b[j]);  // sigmoid(r_t - r_j)
+          g[j] = weight - posterior * ranking + regularization * weight * (r[j] * r[j] - regularizer + 2 * r[j]);
+          target_gradient += posterior * (1 - ranking);
+        }
+        // -log sum_j s_j sigmoid(r_t - r_j), with s_j = a_j / total and the numerators shifted by row_floor - row_max.
+        const double log_total = std::log(static_cast<double>(joint)) + row_floor[i] - row_max[i] - std::log(static_cast<double>(total));
+        row_loss[i] = regularization * static_cast<double>(regularizer) - log_total;
+      } else {
+        float per_row = 0.0f;
+#pragma omp simd reduction(+ : per_row)
+        for (int64_t j = 0; j < width; ++j) {
+          const float ranking = (r[j] >= own ? 1.0f : b[j]) / (1 + b[j]);  // sigmoid(r_j - r_t)
+          per_row += a[j] * inverse * (ranking + 1 / (1 + c[j]));
+        }
+#pragma omp simd reduction(+ : target_gradient)
+        for (int64_t j = 0; j < width; ++j) {
+          const float weight = a[j] * inverse, ranking = (r[j] >= own ? 1.0f : b[j]) / (1 + b[j]);
+          const float squashed = 1 / (1 + c[j]), slope = ranking * (1 - ranking);  // sigmoid(r_j^2)
+          g[j] = weight * (ranking + squashed - per_row + slope + 2 * r[j] * squashed * (1 - squashed));
+          target_gradient += weight * slope;
+        }
+        row_loss[i] = per_row;
+      }
+      g[i] -= target_gradient;
+      const float weight = has_negative[i] ? scale : 0.0f;
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) g[j] *= weight;
+    }
+  });
+  double loss = 0.0;
+  for (int64_t i = 0; i < rows; ++i) loss += has_negative[i] ? row_loss[i] * scale : 0.0;
+  return {loss, gradient};
 }
 
 // The loss of a step and its gradient on the pre-activation scores (steps/fused.py: loss_and_gradient).
