@@ -31,10 +31,11 @@ def build_flags():
     """(extension name, compiler flags): the loops vectorise for the instruction set torch itself uses here, and
     the name carries it, so a cache shared by different machines keeps one build for each."""
     capability = torch.backends.cpu.get_cpu_capability()  # e.g. "AVX2", "AVX512", "DEFAULT"
-    # -fno-math-errno lets sqrt vectorise. -fopenmp makes at::parallel_for parallel (and the simd pragmas
+    # -fno-math-errno lets sqrt vectorise; -fno-trapping-math lets a loop compute a value it then selects
+    # away (x ? a - b : -inf), which it would otherwise leave scalar; nothing here reads the FP exception flags. -fopenmp makes at::parallel_for parallel (and the simd pragmas
     # count); nothing links an OpenMP library, so its calls go to the one torch has loaded. Apple's clang
     # has no OpenMP: there the two halves of a step run one after the other.
-    flags = ["-O3", "-fno-math-errno"] + (["-fopenmp"] if sys.platform != "darwin" else [])
+    flags = ["-O3", "-fno-math-errno", "-fno-trapping-math"] + (["-fopenmp"] if sys.platform != "darwin" else [])
     if capability in ("AVX2", "AVX512") and platform.machine().lower() in ("x86_64", "amd64"):
         flags += ["-mavx2", "-mfma"]
     return f"recbole_gru4rec_cpp_step_{capability.lower()}", flags

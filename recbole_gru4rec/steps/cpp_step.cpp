@@ -125,8 +125,10 @@ void adagrad_dense(Tensor& param, const Tensor& grad, Tensor& sum, Tensor* veloc
 }
 
 // AdagradMomentum on the rows ``rows`` of an item-indexed matrix (adagrad_rows_): a repeated row gets the sum
-// of its gradients, once. ``slots`` finds repeats; the rows are split between the intra-op threads.
-void adagrad_rows(RowParameter& param, const Tensor& rows, const Tensor& row_grads, ItemSlots& slots, const Settings& s) {
+// of its gradients, once. ``slots`` finds repeats; the rows are split between the intra-op threads. Rows marked
+// in ``leave_out`` are skipped.
+void adagrad_rows(RowParameter& param, const Tensor& rows, const Tensor& row_grads, ItemSlots& slots, const Settings& s,
+                  const ItemSlots* leave_out = nullptr) {
   const int64_t n = rows.size(0), width = param.weight.size(1);
   const int64_t* row = rows.data_ptr<int64_t>();
   Tensor g_contiguous = row_grads.contiguous();
@@ -136,6 +138,7 @@ void adagrad_rows(RowParameter& param, const Tensor& rows, const Tensor& row_gra
   unique.reserve(n);
   total.reserve(n * width);
   for (int64_t k = 0; k < n; ++k) {
+    if (leave_out && leave_out->get(row[k]) >= 0) continue;
     const float* __restrict__ source = g + k * width;
     const int32_t at = slots.get(row[k]);
     if (at >= 0) {
@@ -198,10 +201,11 @@ std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* tar
       const float* __restrict__ row = score + i * width;
       float* __restrict__ out = e + i * width;
       // A repeat of the target has the target's own score, so the maximum over all columns is the one over the
-      // columns kept, up to rounding: it only shifts the exponents.
+      // columns kept, up to rounding: it only shifts the exponents. (Written as a comparison: GCC 12 leaves a
+      // std::max reduction scalar, ~9x slower here.)
       float maximum = minus_infinity;
 #pragma omp simd reduction(max : maximum)
-      for (int64_t j = 0; j < width; ++j) maximum = std::max(maximum, row[j]);
+      for (int64_t j = 0; j < width; ++j) maximum = row[j] > maximum ? row[j] : maximum;
 #pragma omp simd
       for (int64_t j = 0; j < width; ++j) out[j] = row[j] - maximum;
       int64_t repeats = 0;
@@ -216,6 +220,8 @@ std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* tar
     }
   });
   probabilities.exp_();  // vectorised, and split between the threads at this size
+  const int64_t with_negative = std::count(has_negative.begin(), has_negative.end(), 1);
+  const float scale = 1.0f / static_cast<float>(divisor > 0 ? divisor : std::max<int64_t>(with_negative, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       float* __restrict__ out = e + i * width;
@@ -223,22 +229,14 @@ std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* tar
 #pragma omp simd reduction(+ : total)
       for (int64_t j = 0; j < width; ++j) total += out[j];
       row_loss[i] = std::log(total) - diagonal[i];  // -log softmax of the target
-      const float inverse = 1.0f / total;
+      const float inverse = 1.0f / total, weight = has_negative[i] ? scale : 0.0f;
 #pragma omp simd
-      for (int64_t j = 0; j < width; ++j) out[j] *= inverse;
+      for (int64_t j = 0; j < width; ++j) out[j] = out[j] * inverse * weight;
+      out[i] -= weight;
     }
   });
-  const int64_t with_negative = std::count(has_negative.begin(), has_negative.end(), 1);
-  const float scale = 1.0f / static_cast<float>(divisor > 0 ? divisor : std::max<int64_t>(with_negative, 1));
   double loss = 0.0;
-  for (int64_t i = 0; i < rows; ++i) {
-    const float weight = has_negative[i] ? scale : 0.0f;
-    loss += static_cast<double>(row_loss[i]) * weight;
-    float* __restrict__ out = e + i * width;
-#pragma omp simd
-    for (int64_t j = 0; j < width; ++j) out[j] *= weight;
-    out[i] -= weight;
-  }
+  for (int64_t i = 0; i < rows; ++i) loss += has_negative[i] ? static_cast<double>(row_loss[i]) * scale : 0.0;
   return {loss, probabilities};
 }
 
@@ -348,7 +346,10 @@ std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores,
       const float own = r[i];
       float m = minus_infinity;
 #pragma omp simd reduction(max : m)
-      for (int64_t j = 0; j < width; ++j) m = std::max(m, kept[j] ? r[j] : minus_infinity);
+      for (int64_t j = 0; j < width; ++j) {
+        const float value = kept[j] ? r[j] : minus_infinity;
+        m = value > m ? value : m;  // see cross_entropy
+      }
       const float lowest = std::min(m, own);
       row_max[i] = m;
       row_floor[i] = lowest;
@@ -356,7 +357,13 @@ std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores,
       for (int64_t j = 0; j < width; ++j) {
         a[j] = kept[j] ? r[j] - m : minus_infinity;
         b[j] = -std::abs(r[j] - own);
-        c[j] = bpr_max ? (kept[j] ? std::min(r[j], own) - lowest : minus_infinity) : -r[j] * r[j];
+      }
+      if (bpr_max) {
+#pragma omp simd
+        for (int64_t j = 0; j < width; ++j) c[j] = kept[j] ? std::min(r[j], own) - lowest : minus_infinity;
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < width; ++j) c[j] = -r[j] * r[j];
       }
     }
   });
@@ -422,6 +429,26 @@ std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores,
   return {loss, gradient};
 }
 
+// scale * ELU_alpha(logits) (ELU: scale 1; SELU), as activations.py. ATen's elu kernel took ~6x its exp's time at a
+// step's size here, so min(x, 0) is exponentiated in one vectorised call and the rest is a loop. exp(x) - 1 in
+// place of expm1(x) differs from it by at most a float rounding of 1, in absolute terms.
+Tensor scaled_elu(const Tensor& logits, const Settings& s) {
+  const int64_t n = logits.numel();
+  const float scale = static_cast<float>(s.scale), scale_alpha = static_cast<float>(s.scale * s.alpha);
+  Tensor scores = at::empty_like(logits);
+  const float* __restrict__ x = logits.data_ptr<float>();
+  {
+    float* __restrict__ out = scores.data_ptr<float>();
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) out[k] = std::min(x[k], 0.0f);
+  }
+  scores.exp_();
+  float* __restrict__ out = scores.data_ptr<float>();
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) out[k] = x[k] > 0 ? scale * x[k] : scale_alpha * (out[k] - 1);
+  return scores;
+}
+
 // The loss of a step and its gradient on the pre-activation scores (steps/fused.py: loss_and_gradient).
 std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& columns, const Tensor& targets,
                                             const std::optional<Tensor>& log_popularity, ItemSlots& item_slots,
@@ -453,7 +480,7 @@ std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& 
   if (s.activation == TANH) scores = at::tanh(logits);
   else if (s.activation == RELU) scores = at::relu(logits);
   else if (s.activation == LEAKY) scores = at::leaky_relu(logits, s.alpha);
-  else if (s.activation == ELU || s.activation == SELU) scores = at::elu(logits, s.alpha).mul_(s.scale);
+  else if (s.activation == ELU || s.activation == SELU) scores = scaled_elu(logits, s);
   auto [loss, gradient] = s.loss == TOP1 || s.loss == BPR
       ? pairwise(s.loss, scores.contiguous(), target, index, s.loss_divisor)
       : softmax_weighted(s.loss, scores.contiguous(), target, index, s.bpreg, s.loss_divisor);
@@ -467,11 +494,11 @@ std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& 
   } else if (s.activation != LINEAR) {  // activations.slope: piecewise on the sign of the logit
     const float alpha = static_cast<float>(s.alpha), scale = static_cast<float>(s.scale);
     const bool relu = s.activation == RELU, leaky = s.activation == LEAKY;
+    // Below zero: 0 (relu), the slope (leaky), or score + scale * alpha (ELU, SELU); as one expression, so that
+    // the loop has no branch and vectorises.
+    const float with_score = relu || leaky ? 0.0f : 1.0f, constant = relu ? 0.0f : leaky ? alpha : scale * alpha;
 #pragma omp simd
-    for (int64_t k = 0; k < n; ++k) {
-      const float below = relu ? 0.0f : leaky ? alpha : score[k] + scale * alpha;
-      grad[k] *= logit[k] > 0 ? scale : below;
-    }
+    for (int64_t k = 0; k < n; ++k) grad[k] *= logit[k] > 0 ? scale : with_score * score[k] + constant;
   }
   return {loss, gradient};
 }
@@ -570,15 +597,40 @@ struct GateGradients {
 
 // The paper's form of gru_backward (gru_cell.gru_backward with reset_before, without the hidden-state gradient):
 // the reset gate's gradient goes back through U_n onto r * h. The gate gradients of both sides are the same.
+// Loops over the (B, 3H) gate gradients around one matrix product.
 GateGradients gru_backward_paper(const Tensor& grad_state, const LayerCache& cache, const Tensor& weight) {
-  const int64_t size = cache.hidden.size(1);
-  Tensor reset = cache.reset_update.narrow(1, 0, size), update = cache.reset_update.narrow(1, size, size);
-  const Tensor& n = cache.candidate;
-  Tensor grad_candidate = grad_state * (1 - update) * (1 - n * n);
-  Tensor grad_update = grad_state * (cache.hidden - n) * update * (1 - update);
-  Tensor grad_reset = at::mm(grad_candidate, weight.narrow(0, 2 * size, size)) * cache.hidden * reset * (1 - reset);
-  Tensor gates = at::cat({grad_reset, grad_update, grad_candidate}, 1);
-  Tensor sums = gates.sum(0);
+  const int64_t rows = cache.hidden.size(0), size = cache.hidden.size(1);
+  const auto options = cache.hidden.options();
+  Tensor gates = at::empty({rows, 3 * size}, options), sums = at::zeros({3 * size}, options);
+  const float* __restrict__ g = grad_state.data_ptr<float>();
+  const float* __restrict__ h = cache.hidden.data_ptr<float>();
+  const float* __restrict__ ru = cache.reset_update.data_ptr<float>();
+  const float* __restrict__ n = cache.candidate.data_ptr<float>();
+  float* gate = gates.data_ptr<float>();
+  for (int64_t b = 0; b < rows; ++b) {  // the update and candidate blocks: through the mix and the tanh
+    float* __restrict__ out = gate + b * 3 * size;
+#pragma omp simd
+    for (int64_t j = 0; j < size; ++j) {
+      const int64_t k = b * size + j;
+      const float update = ru[b * 2 * size + size + j];
+      out[size + j] = g[k] * (h[k] - n[k]) * update * (1 - update);
+      out[2 * size + j] = g[k] * (1 - update) * (1 - n[k] * n[k]);
+    }
+  }
+  Tensor through_candidate = at::mm(gates.narrow(1, 2 * size, size), weight.narrow(0, 2 * size, size));  // onto r * h
+  const float* __restrict__ onto_reset_hidden = through_candidate.data_ptr<float>();
+  float* __restrict__ total = sums.data_ptr<float>();
+  for (int64_t b = 0; b < rows; ++b) {  // the reset block, through the sigmoid; then the bias gradients
+    float* __restrict__ out = gate + b * 3 * size;
+#pragma omp simd
+    for (int64_t j = 0; j < size; ++j) {
+      const int64_t k = b * size + j;
+      const float reset = ru[b * 2 * size + j];
+      out[j] = onto_reset_hidden[k] * h[k] * reset * (1 - reset);
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < 3 * size; ++c) total[c] += out[c];
+  }
   return {gates, gates, sums, sums};
 }
 
@@ -586,8 +638,11 @@ GateGradients gru_backward_paper(const Tensor& grad_state, const LayerCache& cac
 Tensor hidden_weight_grad(const GateGradients& grads, const LayerCache& cache) {
   if (!cache.reset_hidden.defined()) return at::mm(grads.hidden_gates.t(), cache.hidden);
   const int64_t size = cache.hidden.size(1);
-  return at::cat({at::mm(grads.hidden_gates.narrow(1, 0, 2 * size).t(), cache.hidden),
-                  at::mm(grads.hidden_gates.narrow(1, 2 * size, size).t(), cache.reset_hidden)}, 0);
+  Tensor out = at::empty({3 * size, size}, cache.hidden.options());
+  Tensor gate_rows = out.narrow(0, 0, 2 * size), candidate_rows = out.narrow(0, 2 * size, size);
+  at::mm_out(gate_rows, grads.hidden_gates.narrow(1, 0, 2 * size).t(), cache.hidden);
+  at::mm_out(candidate_rows, grads.hidden_gates.narrow(1, 2 * size, size).t(), cache.reset_hidden);
+  return out;
 }
 
 // One GRU step's backward (gru_cell.gru_backward without the hidden-state gradient), from the gradient on the
@@ -663,33 +718,43 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     if (s.dropout_hidden > 0) mask = dropout_mask(rows, size, s.dropout_hidden, options);
   }
 
-  // Forward, keeping what the backward needs.
+  // Forward, keeping what the backward needs: the recurrent part and the gather of the scored columns share
+  // nothing, so with two or more intra-op threads they run side by side (as the backward's halves, below).
   const int64_t* item = items.data_ptr<int64_t>();
   const int64_t* column = columns.data_ptr<int64_t>();
-  Tensor embedded, gates;
-  if (one_hot) {
-    gates = gather_rows(input_rows.weight, item, rows, input_mask.defined() ? input_mask.data_ptr<float>() : nullptr);
-    gates += params.input_bias();
-  } else {
-    embedded = gather_rows(input_rows.weight, item, rows);
-    if (input_mask.defined()) embedded.mul_(input_mask);
-    gates = at::addmm(params.input_bias(), embedded, params.input_weight().t());
-  }
-  Tensor new_hidden = at::empty({layers, rows, size}, options);
+  Tensor embedded, head, new_hidden = at::empty({layers, rows, size}, options);
   std::vector<LayerCache> caches;
   std::vector<Tensor> outputs;
-  for (int64_t layer = 0; layer < layers; ++layer) {
-    caches.push_back(gru_forward(gates, hidden[layer], params.hidden_weight(layer), params.hidden_bias(layer),
-                                 new_hidden[layer], s.reset_before));
-    // The dropped output is also the state carried to the next step, as in the author's code.
-    if (hidden_masks[layer].defined()) new_hidden[layer].mul_(hidden_masks[layer]);
-    outputs.push_back(new_hidden[layer]);
-    if (layer + 1 < layers) gates = at::addmm(params.upper_bias(layer), outputs.back(), params.upper_weight(layer).t());
-  }
-  Tensor head = outputs.back();
-  if (s.feedforward) head = at::tanh(at::addmm(params.feedforward_bias(), head, params.feedforward_weight().t()));
-  Tensor column_weights = gather_rows(output_rows.weight, column, width);
-  Tensor logits = at::addmm(bias_rows.weight.view({-1}).index_select(0, columns), head, column_weights.t());
+  auto recurrent = [&] {
+    Tensor gates;
+    if (one_hot) {
+      gates = gather_rows(input_rows.weight, item, rows, input_mask.defined() ? input_mask.data_ptr<float>() : nullptr);
+      gates += params.input_bias();
+    } else {
+      embedded = gather_rows(input_rows.weight, item, rows);
+      if (input_mask.defined()) embedded.mul_(input_mask);
+      gates = at::addmm(params.input_bias(), embedded, params.input_weight().t());
+    }
+    for (int64_t layer = 0; layer < layers; ++layer) {
+      caches.push_back(gru_forward(gates, hidden[layer], params.hidden_weight(layer), params.hidden_bias(layer),
+                                   new_hidden[layer], s.reset_before));
+      // The dropped output is also the state carried to the next step, as in the author's code.
+      if (hidden_masks[layer].defined()) new_hidden[layer].mul_(hidden_masks[layer]);
+      outputs.push_back(new_hidden[layer]);
+      if (layer + 1 < layers) gates = at::addmm(params.upper_bias(layer), outputs.back(), params.upper_weight(layer).t());
+    }
+    head = outputs.back();
+    if (s.feedforward) head = at::tanh(at::addmm(params.feedforward_bias(), head, params.feedforward_weight().t()));
+  };
+  Tensor column_weights, column_bias;
+  auto scored_columns = [&] {
+    column_weights = gather_rows(output_rows.weight, column, width);
+    column_bias = bias_rows.weight.view({-1}).index_select(0, columns);
+  };
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t half = begin; half < end; ++half) half == 0 ? recurrent() : scored_columns();
+  });
+  Tensor logits = at::addmm(column_bias, head, column_weights.t());
 
   auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, workspace.columns, s);
 
@@ -697,17 +762,21 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   // bias), and the rest, top to bottom. The rest reads the output weights only through column_weights (and a
   // shared embedding through embedded), copied before any update. With two or more intra-op threads the halves
   // run side by side: at this size a matrix product gains little from a second thread, two products at once
-  // nearly twice. grads follows dense's order. A shared embedding's rows are updated after both halves, once,
-  // from the gradients of both uses.
+  // nearly twice. grads follows dense's order. A shared embedding's row gets one update from the gradients of
+  // both its uses: the rows only scored are updated in the output half; the input rows (marked in rest_half,
+  // which the rest does not use then) after both halves, with the gradients of the columns holding them.
   const bool shared = s.input == SHARED_EMBEDDING;
   std::vector<Tensor> grads(dense.size());
   Tensor column_grads, input_grads;
   auto update = [&](size_t i) {
     adagrad_dense(dense[i], grads[i], sums[i], velocities.empty() ? nullptr : &velocities[i], s);
   };
+  if (shared) {
+    for (int64_t k = 0; k < rows; ++k) workspace.rest_half.set(item[k], 0);
+  }
   auto output_layer = [&] {
     column_grads = at::mm(grad_logits.t(), head);
-    if (!shared) adagrad_rows(output_rows, columns, column_grads, workspace.output_half, s);
+    adagrad_rows(output_rows, columns, column_grads, workspace.output_half, s, shared ? &workspace.rest_half : nullptr);
     adagrad_rows(bias_rows, columns, grad_logits.sum(0).unsqueeze(1), workspace.output_half, s);
   };
   auto rest = [&] {
@@ -744,7 +813,14 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     for (int64_t half = begin; half < end; ++half) half == 0 ? output_layer() : rest();
   });
   if (shared) {
-    adagrad_rows(output_rows, at::cat({items, columns}), at::cat({input_grads, column_grads}), workspace.output_half, s);
+    std::vector<int64_t> also_scored;
+    for (int64_t j = 0; j < width; ++j) {
+      if (workspace.rest_half.get(column[j]) >= 0) also_scored.push_back(j);
+    }
+    workspace.rest_half.clear();
+    Tensor positions = at::tensor(also_scored, at::kLong);
+    adagrad_rows(output_rows, at::cat({items, columns.index_select(0, positions)}),
+                 at::cat({input_grads, column_grads.index_select(0, positions)}), workspace.output_half, s);
   }
   return {loss, new_hidden};
 }
