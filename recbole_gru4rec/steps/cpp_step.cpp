@@ -190,7 +190,7 @@ struct ColumnIndex {
 std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* targets, const ColumnIndex& index,
                                         int64_t divisor) {
   const int64_t rows = scores.size(0), width = scores.size(1), grain = 16;
-  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  constexpr float minus_infinity = -std::numeric_limits<float>::infinity();  // constexpr: a lambda reads it without capturing it
   Tensor probabilities = at::empty_like(scores);
   const float* score = scores.data_ptr<float>();
   float* e = probabilities.data_ptr<float>();
@@ -318,9 +318,9 @@ std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const i
 std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores, const int64_t* targets,
                                            const ColumnIndex& index, double bpreg, int64_t divisor) {
   const int64_t rows = scores.size(0), width = scores.size(1), grain = 16, cells = rows * width;
-  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  constexpr float minus_infinity = -std::numeric_limits<float>::infinity();  // constexpr: a lambda reads it without capturing it
   const bool bpr_max = loss_type == BPR_MAX;
-  const float regularization = static_cast<float>(bpreg);
+  const float bpreg_value = static_cast<float>(bpreg);
   // A row without negatives is computed over every column as a stand-in and then weighted 0.
   std::vector<char> negative(cells, 1), has_negative(rows);
   for (int64_t i = 0; i < rows; ++i) {
@@ -378,7 +378,9 @@ std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores,
       const float* __restrict__ b = decay + i * width;
       const float* __restrict__ c = third + i * width;
       float* __restrict__ g = grad + i * width;
-      const float own = r[i];
+      // A local copy: GCC 12 leaves a loop that writes through a pointer scalar when it reads a captured
+      // variable (which the write might change), as it would with a non-constexpr minus_infinity.
+      const float own = r[i], regularization = bpreg_value;
       float total = 0.0f;
 #pragma omp simd reduction(+ : total)
       for (int64_t j = 0; j < width; ++j) total += a[j];
@@ -440,7 +442,7 @@ Tensor scaled_elu(const Tensor& logits, const Settings& s) {
   {
     float* __restrict__ out = scores.data_ptr<float>();
 #pragma omp simd
-    for (int64_t k = 0; k < n; ++k) out[k] = std::min(x[k], 0.0f);
+    for (int64_t k = 0; k < n; ++k) out[k] = x[k] < 0 ? x[k] : 0.0f;
   }
   scores.exp_();
   float* __restrict__ out = scores.data_ptr<float>();
