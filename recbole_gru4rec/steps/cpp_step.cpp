@@ -3,8 +3,9 @@
 // On a CPU a session-parallel step is a few dozen operations on tensors of a few thousand values, and calling
 // each from Python costs about as much as its arithmetic. Here a whole chunk of steps runs in one call: the
 // matrix products and the vectorised sigmoid / tanh / exp stay ATen calls; the gathers, the loss gradients,
-// the GRU backward and the Adagrad updates are plain loops; and with two or more intra-op threads the backward
-// runs as two independent halves side by side, the loss and the row updates split by rows.
+// the GRU backward and the Adagrad updates are plain loops; and with two or more intra-op threads the forward's
+// recurrent part runs beside the gather of the scored columns, the backward as two independent halves side by
+// side, the loss and the row updates split by rows.
 // The arithmetic is the fused step's, and the dropout masks are drawn from torch's default generator in the
 // fused step's order, so both make the same updates up to float rounding (tests/test_fused_step.py).
 
