@@ -193,6 +193,24 @@ def test_cpp_step_stops_where_the_fused_step_stops_at_a_non_finite_loss(tiny, mo
 
 
 @pytest.mark.skipif(NO_COMPILER, reason="cpp_step needs a C++ compiler")
+@pytest.mark.parametrize("n_items", [1, 2, 30, 1683, 100_000])
+def test_cpp_inverse_cdf_draws_the_items_torch_searchsorted_draws(n_items):
+    """The C++ step's search over the sampler's cumulative distribution: zero-weight items (repeated values), draws
+    on the guide table's bucket edges, on the cumulative values themselves, at 0, and outside [0, 1)."""
+    generator = torch.Generator().manual_seed(n_items)
+    weights = torch.rand(n_items, generator=generator, dtype=torch.float64) ** 4
+    weights[torch.rand(n_items, generator=generator) < 0.3] = 0.0
+    weights[0] = 0.0
+    weights[-1] = weights[-1] + 1e-3
+    cumulative = weights.cumsum(0) / weights.sum()
+    edges = torch.arange(0, 4 * n_items + 1, dtype=torch.float64) / (1 << (2 * n_items - 1).bit_length())
+    uniform = torch.cat([torch.rand(50_000, generator=generator, dtype=torch.float64), edges, cumulative,
+                         torch.nextafter(cumulative, torch.zeros(())), torch.tensor([0.0, -0.5, 1.0, 1.5])])
+    found = cpp_step.load_extension().inverse_cdf(cumulative, uniform)
+    torch.testing.assert_close(found, torch.searchsorted(cumulative, uniform, right=True), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(NO_COMPILER, reason="cpp_step needs a C++ compiler")
 def test_cpp_step_leaves_a_loss_it_does_not_cover_to_the_fused_step_and_says_so(tiny, caplog):
     config, _, train, _, _ = build("GRU4RecPaper", "tiny", data_path=tiny, state="INFO", loss_type="CE",
                                    final_activation="tanh", cpp_step=True)
