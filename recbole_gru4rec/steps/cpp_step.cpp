@@ -3,9 +3,10 @@
 // On a CPU a session-parallel step is a few dozen operations on tensors of a few thousand values, and calling
 // each from Python costs about as much as its arithmetic. Here a whole chunk of steps runs in one call: the
 // matrix products and the vectorised sigmoid / tanh / exp stay ATen calls; the gathers, the loss gradients,
-// the GRU backward and the Adagrad updates are plain loops; and with two or more intra-op threads the forward's
-// recurrent part runs beside the gather of the scored columns, the backward as two independent halves side by
-// side, the loss and the row updates split by rows.
+// the GRU backward and the Adagrad updates are plain loops; the products with the scored columns' weights are
+// taken once per distinct item (ScoredItems); and with two or more intra-op threads the forward's recurrent part
+// runs beside the gather of the scored items, the backward as two independent halves side by side, the loss and
+// the row updates split by rows. The extension also draws the sampler's items (inverse_cdf).
 // The arithmetic is the fused step's, and the dropout masks are drawn from torch's default generator in the
 // fused step's order, so both make the same updates up to float rounding (tests/test_fused_step.py).
 
@@ -125,44 +126,78 @@ void adagrad_dense(Tensor& param, const Tensor& grad, Tensor& sum, Tensor* veloc
                  g.data_ptr<float>(), param.numel(), s);
 }
 
-// AdagradMomentum on the rows ``rows`` of an item-indexed matrix (adagrad_rows_): a repeated row gets the sum
-// of its gradients, once. ``slots`` finds repeats; the rows are split between the intra-op threads. Rows marked
-// in ``leave_out`` are skipped.
-void adagrad_rows(RowParameter& param, const Tensor& rows, const Tensor& row_grads, ItemSlots& slots, const Settings& s,
-                  const ItemSlots* leave_out = nullptr) {
-  const int64_t n = rows.size(0), width = param.weight.size(1);
-  const int64_t* row = rows.data_ptr<int64_t>();
-  Tensor g_contiguous = row_grads.contiguous();
-  const float* g = g_contiguous.data_ptr<float>();
-  std::vector<int64_t> unique;  // the distinct rows, in order of first appearance
-  std::vector<float> total;     // their summed gradients, row after row
-  unique.reserve(n);
+// AdagradMomentum on ``n`` distinct rows of an item-indexed matrix (adagrad_rows_), row rows[d] with the ``width``
+// values from ``grads`` + d * width; rows marked in ``leave_out`` are skipped. The rows are split between the
+// intra-op threads.
+void adagrad_distinct_rows(RowParameter& param, const int64_t* rows, int64_t n, const float* grads, const Settings& s,
+                           const ItemSlots* leave_out = nullptr) {
+  const int64_t width = param.weight.size(1);
+  float* weight = param.weight.data_ptr<float>();
+  float* acc = param.sum.data_ptr<float>();
+  float* velocity = param.velocity.defined() ? param.velocity.data_ptr<float>() : nullptr;
+  if (width == 1) {  // the output bias: one call per value would not vectorise, so gather, update, scatter back
+    std::vector<int64_t> kept;
+    std::vector<float> values, sums, velocities, kept_grads;
+    for (int64_t d = 0; d < n; ++d) {
+      if (leave_out && leave_out->get(rows[d]) >= 0) continue;
+      kept.push_back(rows[d]);
+      values.push_back(weight[rows[d]]);
+      sums.push_back(acc[rows[d]]);
+      if (velocity) velocities.push_back(velocity[rows[d]]);
+      kept_grads.push_back(grads[d]);
+    }
+    adagrad_update(values.data(), sums.data(), velocity ? velocities.data() : nullptr, kept_grads.data(),
+                   static_cast<int64_t>(kept.size()), s);
+    for (size_t d = 0; d < kept.size(); ++d) {
+      weight[kept[d]] = values[d];
+      acc[kept[d]] = sums[d];
+      if (velocity) velocity[kept[d]] = velocities[d];
+    }
+    return;
+  }
+  at::parallel_for(0, n, 8192 / width + 1, [&](int64_t begin, int64_t end) {
+    for (int64_t d = begin; d < end; ++d) {
+      if (leave_out && leave_out->get(rows[d]) >= 0) continue;
+      const int64_t offset = rows[d] * width;
+      adagrad_update(weight + offset, acc + offset, velocity ? velocity + offset : nullptr, grads + d * width, width, s);
+    }
+  });
+}
+
+// AdagradMomentum on rows of an item-indexed matrix (adagrad_rows_): position k of ``n`` updates row rows[k] with
+// the gradient gradient_of(k) (a pointer to the row's values); a repeated row gets the sum of its gradients, in
+// order of position, once. ``slots`` finds repeats.
+template <typename GradientOf>
+void adagrad_rows(RowParameter& param, const int64_t* rows, int64_t n, GradientOf gradient_of, ItemSlots& slots,
+                  const Settings& s) {
+  const int64_t width = param.weight.size(1);
+  std::vector<int64_t> distinct;  // the distinct rows, in order of first appearance
+  std::vector<float> total;       // their summed gradients, row after row
+  distinct.reserve(n);
   total.reserve(n * width);
   for (int64_t k = 0; k < n; ++k) {
-    if (leave_out && leave_out->get(row[k]) >= 0) continue;
-    const float* __restrict__ source = g + k * width;
-    const int32_t at = slots.get(row[k]);
+    const float* __restrict__ source = gradient_of(k);
+    const int32_t at = slots.get(rows[k]);
     if (at >= 0) {
       float* __restrict__ target = total.data() + at * width;
 #pragma omp simd
       for (int64_t j = 0; j < width; ++j) target[j] += source[j];
     } else {
-      slots.set(row[k], static_cast<int32_t>(unique.size()));
-      unique.push_back(row[k]);
+      slots.set(rows[k], static_cast<int32_t>(distinct.size()));
+      distinct.push_back(rows[k]);
       total.insert(total.end(), source, source + width);
     }
   }
   slots.clear();
-  float* weight = param.weight.data_ptr<float>();
-  float* acc = param.sum.data_ptr<float>();
-  float* velocity = param.velocity.defined() ? param.velocity.data_ptr<float>() : nullptr;
-  at::parallel_for(0, static_cast<int64_t>(unique.size()), 8192 / width + 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const int64_t offset = unique[k] * width;
-      adagrad_update(weight + offset, acc + offset, velocity ? velocity + offset : nullptr, total.data() + k * width,
-                     width, s);
-    }
-  });
+  adagrad_distinct_rows(param, distinct.data(), static_cast<int64_t>(distinct.size()), total.data(), s);
+}
+
+// adagrad_rows with position k's gradient in row k of ``row_grads``.
+void adagrad_rows(RowParameter& param, const Tensor& rows, const Tensor& row_grads, ItemSlots& slots, const Settings& s) {
+  const Tensor grads = row_grads.contiguous();
+  const float* g = grads.data_ptr<float>();
+  const int64_t width = grads.size(1);
+  adagrad_rows(param, rows.data_ptr<int64_t>(), rows.size(0), [g, width](int64_t k) { return g + k * width; }, slots, s);
 }
 
 // The column positions that hold each item: for item i, first(i), then next[first(i)], ... until -1. Borrows
@@ -696,8 +731,81 @@ Tensor dropout_mask(int64_t rows, int64_t columns, double p, const at::TensorOpt
 // The item maps of a chunk of steps: one for the loss's column index and one for each half of the update, which
 // run side by side.
 struct Workspace {
-  ItemSlots columns, output_half, rest_half;
-  explicit Workspace(int64_t n_items) : columns(n_items), output_half(n_items), rest_half(n_items) {}
+  ItemSlots scored, columns, output_half, rest_half;
+  explicit Workspace(int64_t n_items) : scored(n_items), columns(n_items), output_half(n_items), rest_half(n_items) {}
+};
+
+// The distinct items of a step's scored columns. The three products with the columns' output weights are linear in
+// each column, so the step takes them once per item: the scores of an item are copied out to every column holding
+// it, and the gradients of those columns summed before the backward products. With 2048 negatives drawn by
+// popularity (sample_alpha 0.5) about half of ml-100k's 2112 columns repeat an item, and the step took ~20 % less
+// time; with 512, a fifth, and the copies cost about what the smaller products save.
+struct ScoredItems {
+  std::vector<int64_t> items;                   // in order of first column
+  std::vector<int32_t> of;                      // each column's position in items
+  std::vector<int32_t> first;                   // each item's first column
+  std::vector<int32_t> repeat_column, repeat_of;  // the other columns, in order, with their item's position
+  ScoredItems(const int64_t* columns, int64_t width, ItemSlots& slots) : of(width) {
+    for (int64_t j = 0; j < width; ++j) {
+      int32_t at = slots.get(columns[j]);
+      if (at < 0) {
+        at = static_cast<int32_t>(items.size());
+        slots.set(columns[j], at);
+        items.push_back(columns[j]);
+        first.push_back(static_cast<int32_t>(j));
+      } else {
+        repeat_column.push_back(static_cast<int32_t>(j));
+        repeat_of.push_back(at);
+      }
+      of[j] = at;
+    }
+    slots.clear();
+  }
+  int64_t count() const { return static_cast<int64_t>(items.size()); }
+  bool repeats() const { return !repeat_column.empty(); }
+
+  // (rows, width) scores of the columns from the (rows, count) scores of the items.
+  Tensor to_columns(const Tensor& item_scores) const {
+    if (!repeats()) return item_scores;
+    const int64_t rows = item_scores.size(0), width = static_cast<int64_t>(of.size()), n = count();
+    Tensor out = at::empty({rows, width}, item_scores.options());
+    const float* in = item_scores.data_ptr<float>();
+    float* target = out.data_ptr<float>();
+    const int32_t* __restrict__ position = of.data();
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const float* __restrict__ source = in + i * n;
+        float* __restrict__ row = target + i * width;
+#pragma omp simd
+        for (int64_t j = 0; j < width; ++j) row[j] = source[position[j]];
+      }
+    });
+    return out;
+  }
+
+  // (rows, count) gradients of the items from the (rows, width) gradients of the columns: each item's columns
+  // summed in column order (its first column, then its repeats; a scatter-add over all columns took ~1.6x as long).
+  Tensor to_items(const Tensor& column_grads) const {
+    if (!repeats()) return column_grads;
+    const int64_t rows = column_grads.size(0), width = static_cast<int64_t>(of.size()), n = count();
+    const int64_t n_repeats = static_cast<int64_t>(repeat_column.size());
+    Tensor out = at::empty({rows, n}, column_grads.options());
+    const float* in = column_grads.data_ptr<float>();
+    float* target = out.data_ptr<float>();
+    const int32_t* __restrict__ first_column = first.data();
+    const int32_t* __restrict__ column = repeat_column.data();
+    const int32_t* __restrict__ position = repeat_of.data();
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const float* __restrict__ source = in + i * width;
+        float* __restrict__ row = target + i * n;
+#pragma omp simd
+        for (int64_t d = 0; d < n; ++d) row[d] = source[first_column[d]];
+        for (int64_t r = 0; r < n_repeats; ++r) row[position[r]] += source[column[r]];
+      }
+    });
+    return out;
+  }
 };
 
 // One session-parallel step: forward, loss, backward and update, as FusedTrainingStep._arithmetic.
@@ -721,7 +829,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     if (s.dropout_hidden > 0) mask = dropout_mask(rows, size, s.dropout_hidden, options);
   }
 
-  // Forward, keeping what the backward needs: the recurrent part and the gather of the scored columns share
+  // Forward, keeping what the backward needs: the recurrent part and the gather of the scored items share
   // nothing, so with two or more intra-op threads they run side by side (as the backward's halves, below).
   const int64_t* item = items.data_ptr<int64_t>();
   const int64_t* column = columns.data_ptr<int64_t>();
@@ -749,25 +857,30 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     head = outputs.back();
     if (s.feedforward) head = at::tanh(at::addmm(params.feedforward_bias(), head, params.feedforward_weight().t()));
   };
-  Tensor column_weights, column_bias;
+  Tensor column_weights, column_bias;  // of the scored items
+  std::optional<ScoredItems> scored;
   auto scored_columns = [&] {
-    column_weights = gather_rows(output_rows.weight, column, width);
-    column_bias = bias_rows.weight.view({-1}).index_select(0, columns);
+    scored.emplace(column, width, workspace.scored);
+    column_weights = gather_rows(output_rows.weight, scored->items.data(), scored->count());
+    column_bias = gather_rows(bias_rows.weight, scored->items.data(), scored->count()).view({-1});
   };
   at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t half = begin; half < end; ++half) half == 0 ? recurrent() : scored_columns();
   });
-  Tensor logits = at::addmm(column_bias, head, column_weights.t());
+  Tensor logits = scored->to_columns(at::addmm(column_bias, head, column_weights.t()));
 
   auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, workspace.columns, s);
+  const Tensor grad_items = scored->to_items(grad_logits);
+  const int64_t n_scored = scored->count();
+  const int64_t* scored_item = scored->items.data();
 
-  // Backward and update, in two halves that share nothing they write: the output layer (its weight rows and
-  // bias), and the rest, top to bottom. The rest reads the output weights only through column_weights (and a
-  // shared embedding through embedded), copied before any update. With two or more intra-op threads the halves
-  // run side by side: at this size a matrix product gains little from a second thread, two products at once
-  // nearly twice. grads follows dense's order. A shared embedding's row gets one update from the gradients of
-  // both its uses: the rows only scored are updated in the output half; the input rows (marked in rest_half,
-  // which the rest does not use then) after both halves, with the gradients of the columns holding them.
+  // Backward and update, in two halves that share nothing they write: the output layer (its weight rows and bias
+  // at the scored items), and the rest, top to bottom. The rest reads the output weights only through
+  // column_weights (and a shared embedding through embedded), copied before any update. With two or more intra-op
+  // threads the halves run side by side: at this size a matrix product gains little from a second thread, two
+  // products at once nearly twice. grads follows dense's order. A shared embedding's row gets one update from the
+  // gradients of both its uses: the items only scored are updated in the output half; the input rows (marked in
+  // rest_half, which the rest does not use then) after both halves, with the gradients of their scores if scored.
   const bool shared = s.input == SHARED_EMBEDDING;
   std::vector<Tensor> grads(dense.size());
   Tensor column_grads, input_grads;
@@ -778,12 +891,21 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     for (int64_t k = 0; k < rows; ++k) workspace.rest_half.set(item[k], 0);
   }
   auto output_layer = [&] {
-    column_grads = at::mm(grad_logits.t(), head);
-    adagrad_rows(output_rows, columns, column_grads, workspace.output_half, s, shared ? &workspace.rest_half : nullptr);
-    adagrad_rows(bias_rows, columns, grad_logits.sum(0).unsqueeze(1), workspace.output_half, s);
+    column_grads = at::mm(grad_items.t(), head);
+    adagrad_distinct_rows(output_rows, scored_item, n_scored, column_grads.data_ptr<float>(), s,
+                          shared ? &workspace.rest_half : nullptr);
+    std::vector<float> bias_grads(n_scored);  // the column sums (ATen's sum(0) took ~4x as long here)
+    const float* grad = grad_items.data_ptr<float>();
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* __restrict__ source = grad + i * n_scored;
+      float* __restrict__ target = bias_grads.data();
+#pragma omp simd
+      for (int64_t j = 0; j < n_scored; ++j) target[j] += source[j];
+    }
+    adagrad_distinct_rows(bias_rows, scored_item, n_scored, bias_grads.data(), s);
   };
   auto rest = [&] {
-    Tensor grad_output = at::mm(grad_logits, column_weights);
+    Tensor grad_output = at::mm(grad_items, column_weights);
     if (s.feedforward) {
       Tensor grad_pre = grad_output * (1 - head * head);
       grads[params.feedforward_weight_at()] = at::mm(grad_pre.t(), outputs.back());
@@ -815,15 +937,20 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t half = begin; half < end; ++half) half == 0 ? output_layer() : rest();
   });
-  if (shared) {
-    std::vector<int64_t> also_scored;
-    for (int64_t j = 0; j < width; ++j) {
-      if (workspace.rest_half.get(column[j]) >= 0) also_scored.push_back(j);
+  if (shared) {  // the input rows, with the gradients of their inputs and, if scored, of their columns
+    const Tensor input_grad_rows = input_grads.contiguous();
+    const int64_t embedding = input_grad_rows.size(1);
+    std::vector<int64_t> updated(item, item + rows);
+    std::vector<const float*> gradients;
+    for (int64_t k = 0; k < rows; ++k) gradients.push_back(input_grad_rows.data_ptr<float>() + k * embedding);
+    for (int64_t d = 0; d < n_scored; ++d) {
+      if (workspace.rest_half.get(scored_item[d]) < 0) continue;
+      updated.push_back(scored_item[d]);
+      gradients.push_back(column_grads.data_ptr<float>() + d * embedding);
     }
     workspace.rest_half.clear();
-    Tensor positions = at::tensor(also_scored, at::kLong);
-    adagrad_rows(output_rows, at::cat({items, columns.index_select(0, positions)}),
-                 at::cat({input_grads, column_grads.index_select(0, positions)}), workspace.output_half, s);
+    adagrad_rows(output_rows, updated.data(), static_cast<int64_t>(updated.size()),
+                 [&gradients](int64_t k) { return gradients[k]; }, workspace.output_half, s);
   }
   return {loss, new_hidden};
 }
