@@ -736,15 +736,18 @@ struct Workspace {
 };
 
 // The distinct items of a step's scored columns. The three products with the columns' output weights are linear in
-// each column, so the step takes them once per item: the scores of an item are copied out to every column holding
-// it, and the gradients of those columns summed before the backward products. With 2048 negatives drawn by
-// popularity (sample_alpha 0.5) about half of ml-100k's 2112 columns repeat an item, and the step took ~20 % less
-// time; with 512, a fifth, and the copies cost about what the smaller products save.
+// each column, so where many columns repeat an item the step takes them once per item (by_item): the scores of an
+// item are copied out to every column holding it, and the gradients of those columns summed before the backward
+// products. With 2048 negatives drawn by popularity (sample_alpha 0.5) about half of ml-100k's 2112 columns repeat
+// an item, and the step took ~20 % less time; with 512 a fifth do, and the copies cost more than the smaller
+// products saved, so below a third the products stay per column and only the output layer's row gradients are
+// summed per item (rows_to_items).
 struct ScoredItems {
-  std::vector<int64_t> items;                   // in order of first column
-  std::vector<int32_t> of;                      // each column's position in items
-  std::vector<int32_t> first;                   // each item's first column
+  std::vector<int64_t> items;                     // in order of first column
+  std::vector<int32_t> of;                        // each column's position in items
+  std::vector<int32_t> first;                     // each item's first column
   std::vector<int32_t> repeat_column, repeat_of;  // the other columns, in order, with their item's position
+  bool by_item;
   ScoredItems(const int64_t* columns, int64_t width, ItemSlots& slots) : of(width) {
     for (int64_t j = 0; j < width; ++j) {
       int32_t at = slots.get(columns[j]);
@@ -760,16 +763,19 @@ struct ScoredItems {
       of[j] = at;
     }
     slots.clear();
+    by_item = 3 * static_cast<int64_t>(repeat_column.size()) >= width && !repeat_column.empty();
   }
   int64_t count() const { return static_cast<int64_t>(items.size()); }
-  bool repeats() const { return !repeat_column.empty(); }
+  // The rows of the output weights the products take: one per item, or one per column.
+  const int64_t* product_rows(const int64_t* columns) const { return by_item ? items.data() : columns; }
+  int64_t product_count() const { return by_item ? count() : static_cast<int64_t>(of.size()); }
 
-  // (rows, width) scores of the columns from the (rows, count) scores of the items.
-  Tensor to_columns(const Tensor& item_scores) const {
-    if (!repeats()) return item_scores;
-    const int64_t rows = item_scores.size(0), width = static_cast<int64_t>(of.size()), n = count();
-    Tensor out = at::empty({rows, width}, item_scores.options());
-    const float* in = item_scores.data_ptr<float>();
+  // (rows, width) scores of the columns from the (rows, product_count) scores of the products.
+  Tensor to_columns(const Tensor& product_scores) const {
+    if (!by_item) return product_scores;
+    const int64_t rows = product_scores.size(0), width = static_cast<int64_t>(of.size()), n = count();
+    Tensor out = at::empty({rows, width}, product_scores.options());
+    const float* in = product_scores.data_ptr<float>();
     float* target = out.data_ptr<float>();
     const int32_t* __restrict__ position = of.data();
     at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
@@ -783,10 +789,11 @@ struct ScoredItems {
     return out;
   }
 
-  // (rows, count) gradients of the items from the (rows, width) gradients of the columns: each item's columns
-  // summed in column order (its first column, then its repeats; a scatter-add over all columns took ~1.6x as long).
-  Tensor to_items(const Tensor& column_grads) const {
-    if (!repeats()) return column_grads;
+  // (rows, product_count) gradients of the products from the (rows, width) gradients of the columns: by item, each
+  // item's columns summed in column order (its first column, then its repeats; a scatter-add over all columns
+  // took ~1.6x as long).
+  Tensor to_products(const Tensor& column_grads) const {
+    if (!by_item) return column_grads;
     const int64_t rows = column_grads.size(0), width = static_cast<int64_t>(of.size()), n = count();
     const int64_t n_repeats = static_cast<int64_t>(repeat_column.size());
     Tensor out = at::empty({rows, n}, column_grads.options());
@@ -804,6 +811,24 @@ struct ScoredItems {
         for (int64_t r = 0; r < n_repeats; ++r) row[position[r]] += source[column[r]];
       }
     });
+    return out;
+  }
+
+  // (count, k) rows of the items from the (product_count, k) rows of the products: per column, each item's rows
+  // summed in column order.
+  Tensor rows_to_items(const Tensor& rows_of_products) const {
+    if (by_item || repeat_column.empty()) return rows_of_products;
+    const int64_t k = rows_of_products.size(1), n = count();
+    Tensor out = at::empty({n, k}, rows_of_products.options());
+    const float* in = rows_of_products.data_ptr<float>();
+    float* target = out.data_ptr<float>();
+    for (int64_t d = 0; d < n; ++d) std::copy_n(in + first[d] * k, k, target + d * k);
+    for (size_t r = 0; r < repeat_column.size(); ++r) {
+      const float* __restrict__ source = in + repeat_column[r] * k;
+      float* __restrict__ row = target + repeat_of[r] * k;
+#pragma omp simd
+      for (int64_t j = 0; j < k; ++j) row[j] += source[j];
+    }
     return out;
   }
 };
@@ -857,12 +882,13 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     head = outputs.back();
     if (s.feedforward) head = at::tanh(at::addmm(params.feedforward_bias(), head, params.feedforward_weight().t()));
   };
-  Tensor column_weights, column_bias;  // of the scored items
+  Tensor column_weights, column_bias;  // the output layer's rows the products take (ScoredItems)
   std::optional<ScoredItems> scored;
   auto scored_columns = [&] {
     scored.emplace(column, width, workspace.scored);
-    column_weights = gather_rows(output_rows.weight, scored->items.data(), scored->count());
-    column_bias = gather_rows(bias_rows.weight, scored->items.data(), scored->count()).view({-1});
+    const int64_t* product_row = scored->product_rows(column);
+    column_weights = gather_rows(output_rows.weight, product_row, scored->product_count());
+    column_bias = gather_rows(bias_rows.weight, product_row, scored->product_count()).view({-1});
   };
   at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t half = begin; half < end; ++half) half == 0 ? recurrent() : scored_columns();
@@ -870,8 +896,8 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   Tensor logits = scored->to_columns(at::addmm(column_bias, head, column_weights.t()));
 
   auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, workspace.columns, s);
-  const Tensor grad_items = scored->to_items(grad_logits);
-  const int64_t n_scored = scored->count();
+  const Tensor grad_products = scored->to_products(grad_logits);
+  const int64_t n_products = grad_products.size(1), n_scored = scored->count();
   const int64_t* scored_item = scored->items.data();
 
   // Backward and update, in two halves that share nothing they write: the output layer (its weight rows and bias
@@ -883,7 +909,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   // rest_half, which the rest does not use then) after both halves, with the gradients of their scores if scored.
   const bool shared = s.input == SHARED_EMBEDDING;
   std::vector<Tensor> grads(dense.size());
-  Tensor column_grads, input_grads;
+  Tensor item_grads, input_grads;  // item_grads: the output weights' rows at the scored items
   auto update = [&](size_t i) {
     adagrad_dense(dense[i], grads[i], sums[i], velocities.empty() ? nullptr : &velocities[i], s);
   };
@@ -891,21 +917,21 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     for (int64_t k = 0; k < rows; ++k) workspace.rest_half.set(item[k], 0);
   }
   auto output_layer = [&] {
-    column_grads = at::mm(grad_items.t(), head);
-    adagrad_distinct_rows(output_rows, scored_item, n_scored, column_grads.data_ptr<float>(), s,
+    item_grads = scored->rows_to_items(at::mm(grad_products.t(), head));
+    adagrad_distinct_rows(output_rows, scored_item, n_scored, item_grads.data_ptr<float>(), s,
                           shared ? &workspace.rest_half : nullptr);
-    std::vector<float> bias_grads(n_scored);  // the column sums (ATen's sum(0) took ~4x as long here)
-    const float* grad = grad_items.data_ptr<float>();
+    Tensor bias_grads = at::zeros({n_products, 1}, options);  // the column sums (ATen's sum(0) took ~4x as long)
+    const float* grad = grad_products.data_ptr<float>();
     for (int64_t i = 0; i < rows; ++i) {
-      const float* __restrict__ source = grad + i * n_scored;
-      float* __restrict__ target = bias_grads.data();
+      const float* __restrict__ source = grad + i * n_products;
+      float* __restrict__ target = bias_grads.data_ptr<float>();
 #pragma omp simd
-      for (int64_t j = 0; j < n_scored; ++j) target[j] += source[j];
+      for (int64_t j = 0; j < n_products; ++j) target[j] += source[j];
     }
-    adagrad_distinct_rows(bias_rows, scored_item, n_scored, bias_grads.data(), s);
+    adagrad_distinct_rows(bias_rows, scored_item, n_scored, scored->rows_to_items(bias_grads).data_ptr<float>(), s);
   };
   auto rest = [&] {
-    Tensor grad_output = at::mm(grad_items, column_weights);
+    Tensor grad_output = at::mm(grad_products, column_weights);
     if (s.feedforward) {
       Tensor grad_pre = grad_output * (1 - head * head);
       grads[params.feedforward_weight_at()] = at::mm(grad_pre.t(), outputs.back());
@@ -946,7 +972,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     for (int64_t d = 0; d < n_scored; ++d) {
       if (workspace.rest_half.get(scored_item[d]) < 0) continue;
       updated.push_back(scored_item[d]);
-      gradients.push_back(column_grads.data_ptr<float>() + d * embedding);
+      gradients.push_back(item_grads.data_ptr<float>() + d * embedding);
     }
     workspace.rest_half.clear();
     adagrad_rows(output_rows, updated.data(), static_cast<int64_t>(updated.size()),
