@@ -180,21 +180,31 @@ def main():
 
 
 def summarise(report):
-    """Print each setting's per-round figures and their medians."""
+    """Print each setting's medians over the rounds, then its per-round ratios (a round whose run lost CPU to the
+    hypervisor shows in the JSON's cpu_steal_percent)."""
     print(f"\n{report['dataset']}, {report['machine']['cpu']} ({report['machine']['cpu_cores']} cores), "
           f"torch {report['versions']['torch']}, {len(report['rounds'])} rounds")
     print(f"{'setting':<52} {'ours ev/s':>10} {'author ev/s':>11} {'x author':>9} {'x RecBole':>9} {'bound ev/s':>10} "
           f"{'of bound':>8} {'MFLOP/ev':>8}")
+    per_round = {}
     for name in SETTINGS:
         rows = [one["settings"][name] for one in report["rounds"]]
+        with_author = "author" in rows[0]
         ours = statistics.median(row["ours"]["train_events_per_second"] for row in rows)
-        author = statistics.median(row["author"]["train_events_per_second"] for row in rows) if "author" in rows[0] else None
-        over_author = statistics.median(row["ours"]["author_epoch_over_this"] for row in rows) if author else None
+        author = f"{statistics.median(row['author']['train_events_per_second'] for row in rows):.0f}" if with_author else "-"
+        over_author = f"{statistics.median(row['ours']['author_epoch_over_this'] for row in rows):.2f}" if with_author else "-"
         over_recbole = statistics.median(row["ours"]["recbole_gru4rec_epoch_over_this"] for row in rows)
         bound = report["bounds"][name]
-        print(f"{name:<52} {ours:10.0f} {author if author else '-':>11} {over_author if author else '-':>9} "
-              f"{over_recbole:9.1f} {bound['bound_events_per_second']:10d} "
-              f"{ours / bound['bound_events_per_second']:8.0%} {bound['flops_per_event'] / 1e6:8.2f}")
+        print(f"{name:<52} {ours:10.0f} {author:>11} {over_author:>9} {over_recbole:9.1f} "
+              f"{bound['bound_events_per_second']:10d} {ours / bound['bound_events_per_second']:8.0%} "
+              f"{bound['flops_per_event'] / 1e6:8.2f}")
+        per_round[name] = "; ".join(
+            (f"{row['ours']['author_epoch_over_this']:.2f}x author, " if with_author else "")
+            + f"{row['ours']['recbole_gru4rec_epoch_over_this']:.1f}x RecBole, steal {row['ours'].get('cpu_steal_percent', '?')} %"
+            for row in rows)
+    print("per round:")
+    for name, text in per_round.items():
+        print(f"  {name}: {text}")
 
 
 if __name__ == "__main__":
