@@ -13,13 +13,26 @@ Nothing is written; the output is the table, in microseconds a step.
 With ``--epochs=N`` it only trains N whole epochs through the trainer, on the path it picks (the C++ step by
 default), and prints each epoch's seconds: a target for ``perf record`` without the data loading's share.
 
+With ``--ab=OTHER.cpp --pairs=N`` it compares a changed copy of ``recbole_gru4rec/steps/cpp_step.cpp`` (kept
+outside the repository) with the repository's: one trainer alternates whole epochs between the two builds (ABBA
+order, after one warm-up epoch each), so both see the same data and the same phase of this VM, whose speed drifts
+by up to 2x over minutes. ``--ab_flags="-mavx512f ..."`` adds compiler flags to the other build only; with
+``--ab`` left out but ``--ab_flags`` given, the repository's source is built a second time with them.
+``--ab=A.cpp,B.cpp`` compares two copies; if both define ``timers()`` (a list of cumulative seconds, as copies
+with timers added may), each timer's median milliseconds a step is printed too.
+
+    python benchmarks/step_profile.py --dataset=ml-100k --ab=/tmp/changed_cpp_step.cpp --pairs=4 \
+        --loss_type=BPR-max --n_sample=2048 --constrained_embedding=True --train_batch_size=64
+
     perf record -F 2000 -o perf.data -- python benchmarks/step_profile.py --dataset=ml-100k --epochs=12
 
     python benchmarks/step_profile.py --dataset=ml-100k --loss_type=CE --final_activation=linear \
         --train_batch_size=64 --n_sample=512
 """
 
+import hashlib
 import os
+import statistics
 import sys
 import time
 
@@ -30,6 +43,7 @@ from recbole.data import create_dataset, data_preparation  # noqa: E402
 
 from recbole_gru4rec import GRU4RecPaper, SessionParallelDataLoader, SessionParallelTrainer, pipeline  # noqa: E402
 from recbole_gru4rec.cli import split_flags  # noqa: E402
+from recbole_gru4rec.steps import cpp  # noqa: E402
 from recbole_gru4rec.steps.fused import FusedTrainingStep, loss_and_gradient  # noqa: E402
 
 
@@ -54,8 +68,62 @@ def time_epochs(trainer, loader, epochs):
     print(f"{type(trainer.fused_training_step).__name__}, {torch.get_num_threads()} threads: seconds an epoch {seconds}")
 
 
+def build(source, extra_flags):
+    """The C++ step's extension compiled from ``source`` with the repository's flags and ``extra_flags``."""
+    from torch.utils.cpp_extension import load
+
+    _, flags = cpp.build_flags()
+    with open(source, "rb") as file:
+        digest = hashlib.sha256(file.read() + " ".join(extra_flags).encode()).hexdigest()[:12]
+    return load(name=f"step_profile_{digest}", sources=[source], extra_cflags=flags + extra_flags, verbose=False)
+
+
+def compare_builds(trainer, loader, builds, pairs):
+    """Train ``pairs`` pairs of epochs in ABBA order, each with the C++ step's extension swapped for one of the
+    two ``builds`` (name, module), after one warm-up epoch each; print each build's median and fastest epoch."""
+    steps = trainer._fused_step()
+    if not isinstance(steps, cpp.CppTrainingSteps):
+        raise SystemExit(f"--ab compares C++ builds, but this setting trains with {type(steps).__name__}")
+    seconds = {name: [] for name, _ in builds}
+    timers = {name: [] for name, _ in builds}
+    epoch = 0
+
+    def train_with(name, extension):
+        nonlocal epoch
+        steps.extension = extension
+        trainer.model.negatives.use_search(extension.inverse_cdf)
+        before = extension.timers() if hasattr(extension, "timers") else None
+        start = time.perf_counter()
+        trainer._train_epoch(loader, epoch)
+        elapsed = time.perf_counter() - start
+        epoch += 1
+        if before is not None:
+            timers[name].append([after - first for first, after in zip(before, extension.timers())])
+        return elapsed
+
+    for name, extension in builds:
+        train_with(name, extension)
+    for pair in range(pairs):
+        for name, extension in builds if pair % 2 == 0 else builds[::-1]:
+            seconds[name].append(train_with(name, extension))
+    for name, _ in builds:
+        print(f"{name}: median {statistics.median(seconds[name]):.3f} s an epoch, fastest {min(seconds[name]):.3f}, "
+              f"all {[round(value, 3) for value in seconds[name]]}")
+    (a, _), (b, _) = builds
+    print(f"{b} / {a}, median epoch: {statistics.median(seconds[b]) / statistics.median(seconds[a]):.3f}")
+    if all(timers.values()):
+        n_steps = len(loader)
+        print(f"timers, median ms a step ({n_steps} steps): index {a} {b}")
+        for index in range(len(timers[a][0])):
+            medians = [1e3 * statistics.median(epoch_timers[index] for epoch_timers in timers[name]) / n_steps
+                       for name, _ in builds]
+            if any(medians):
+                print(f"  {index:>3} {medians[0]:8.3f} {medians[1]:8.3f}")
+
+
 def main():
-    flags, options = split_flags(sys.argv[1:], {"dataset": "ml-100k", "steps": "500", "rounds": "3", "epochs": "0"})
+    flags, options = split_flags(sys.argv[1:], {"dataset": "ml-100k", "steps": "500", "rounds": "3", "epochs": "0",
+                                                "ab": "", "ab_flags": "", "pairs": "4"})
     dataset, n_steps, rounds = flags["dataset"], int(flags["steps"]), int(flags["rounds"])
     overrides = {"state": "ERROR", "show_progress": False, **options}
     config = pipeline.build_config("GRU4RecPaper", dataset, overrides=overrides)
@@ -63,6 +131,20 @@ def main():
     trainer = SessionParallelTrainer(config, GRU4RecPaper(config, train._dataset))
     if int(flags["epochs"]) > 0:
         time_epochs(trainer, SessionParallelDataLoader(config, train._dataset), int(flags["epochs"]))
+        return
+    if flags["ab"] or flags["ab_flags"]:
+        if int(flags["pairs"]) < 1:
+            raise SystemExit(f"--pairs={flags['pairs']}: expected a whole number >= 1 (pairs of epochs, A then B)")
+        sources = flags["ab"].split(",") if flags["ab"] else [cpp.SOURCE]
+        if len(sources) == 1:
+            sources.insert(0, cpp.SOURCE)
+        for source in sources:
+            if len(sources) != 2 or not os.path.isfile(source):
+                raise SystemExit(f"--ab={flags['ab']}: expected one or two existing C++ files (changed copies of "
+                                 f"{cpp.SOURCE}), separated by a comma")
+        builds = [("A", build(sources[0], [])), ("B", build(sources[1], flags["ab_flags"].split()))]
+        print(f"A: {sources[0]}; B: {sources[1]} {flags['ab_flags']}")
+        compare_builds(trainer, SessionParallelDataLoader(config, train._dataset), builds, int(flags["pairs"]))
         return
     fused, model, optimizer = trainer._fused_step(), trainer.model, trainer.optimizer
     if fused is None:
