@@ -110,6 +110,22 @@ def test_two_commands_writing_one_leaderboard_keep_each_others_rows(tmp_path):
     assert [(row["model"], row["seed"]) for row in rows] == [("Pop", 1), ("GRU4Rec", 1)]
 
 
+def test_the_header_lists_every_command_that_wrote_rows(tmp_path):
+    from recbole_gru4rec.leaderboard.report import Leaderboard
+    from recbole_gru4rec.leaderboard.runner import Entry
+
+    old_header = dict(HEADER, command="run.py --leaderboard --models=Pop")  # a file from before the list was kept
+    (tmp_path / "leaderboard-d.json").write_text(json.dumps({"header": old_header, "rows": [run_row("Pop", 1, 0.1, config={})]}))
+    board = Leaderboard("d", str(tmp_path))
+    for command in ("run.py --leaderboard --models=NARM", "run.py --leaderboard --models=Pop"):
+        board.add(Entry("NARM"), 1, run_row("NARM", 1, 0.2, config={}), dict(HEADER, command=command))
+    header = json.loads((tmp_path / "leaderboard-d.json").read_text())["header"]
+    assert header["commands"] == ["run.py --leaderboard --models=Pop", "run.py --leaderboard --models=NARM"]
+    assert ("Commands (each wrote some of the rows): `run.py --leaderboard --models=Pop`; "
+            "`run.py --leaderboard --models=NARM`") in (tmp_path / "leaderboard-d.md").read_text()
+    assert "Command: `c`" in markdown(HEADER, [run_row("Pop", 1, 0.1)])
+
+
 def test_paired_test_matches_the_t_statistic_by_hand():
     a, b = [0.5, 0.0, 1.0, 0.25], [0.25, 0.0, 0.5, 0.5]  # differences 0.25, 0, 0.5, -0.25: mean 0.125
     sd = ((0.125 ** 2 + 0.125 ** 2 + 0.375 ** 2 + 0.375 ** 2) / 3) ** 0.5

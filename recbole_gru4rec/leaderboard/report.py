@@ -48,9 +48,10 @@ class Leaderboard:
 
     def add(self, entry, seed, row, header):
         """Record one finished run (replacing an older one of the same entry and seed) and rewrite every output;
-        rows another command wrote meanwhile are kept."""
+        rows another command wrote meanwhile are kept, and so is the list of the commands that wrote rows."""
         self.reload()
-        self.header = header
+        earlier = commands_of(self.header) if self.header else []
+        self.header = dict(header, commands=earlier + [command for command in commands_of(header) if command not in earlier])
         self.rows = [old for old in self.rows if (entry_key(old), row_seed(old)) != (entry.key, seed)] + [row]
         self.write()
 
@@ -63,11 +64,18 @@ class Leaderboard:
         plot(self.header, self.rows, f"{base}.png")
 
 
-def write_atomic(path, text):
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+def commands_of(header):
+    """The command lines that wrote a leaderboard's rows, oldest first (files written before the list was kept
+    name only their last one)."""
+    return header.get("commands") or ([header["command"]] if header.get("command") else [])
+
+
+def write_atomic(path, content):
+    """Write ``content`` (text, as UTF-8, or bytes) to ``path`` through a temporary file and a rename, so that a
+    reader never sees part of it."""
     partial = f"{path}.partial"
-    with open(partial, "w", encoding="utf-8") as f:
-        f.write(text)
+    with open(partial, "wb") as f:
+        f.write(content.encode("utf-8") if isinstance(content, str) else content)
     os.replace(partial, path)
 
 
@@ -164,7 +172,8 @@ def markdown(header, rows, comparisons=None):
     lines = [
         f"# Leaderboard: {header['dataset']}",
         "",
-        f"Command: `{header['command']}`  ",
+        ("Commands (each wrote some of the rows): " if len(commands_of(header)) > 1 else "Command: ")
+        + "; ".join(f"`{command}`" for command in commands_of(header)) + "  ",
         f"Machine: {header['machine']['cpu']} ({header['machine']['cpu_cores']} cores), GPU: {header['machine']['gpu'] or 'none'}  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()) + "  ",
         f"Protocol: {json.dumps(header['protocol'], sort_keys=True)}  ",

@@ -28,7 +28,7 @@ import yaml
 
 from recbole_gru4rec import options, pipeline, ray_cluster, registry
 from recbole_gru4rec.errors import UsageError
-from recbole_gru4rec.leaderboard.report import Leaderboard
+from recbole_gru4rec.leaderboard.report import Leaderboard, write_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Keys that define the comparison itself; an entry's own config file must not change them.
@@ -361,7 +361,7 @@ def run_leaderboard(dataset, models, config_files=(), overrides=None, time_budge
     def record(run, outcome, ray=None):
         """Write a finished run's per-user file and row (only this process writes the leaderboard's files)."""
         per_user_file = per_user_path(dataset, run.entry, run.seed)
-        write_atomic_bytes(os.path.join(output_dir, per_user_file), outcome["per_user"])
+        write_atomic(os.path.join(output_dir, per_user_file), outcome["per_user"])
         result = outcome["result"]
         row = row_from(run.entry, run.seed, result, per_user_file)
         # A leaderboard may be finished over several sessions: each row says when, where and by which code.
@@ -407,14 +407,6 @@ def train_on_ray(runs, record, address, cpus_per_run, gpus_per_run):
             record(run, outcome, setting)
     if failures:
         raise LeaderboardStopped("; ".join(failures), 1)
-
-
-def write_atomic_bytes(path, data):
-    """Write ``data`` to ``path`` so that a reader never sees part of it."""
-    partial = f"{path}.partial"
-    with open(partial, "wb") as f:
-        f.write(data)
-    os.replace(partial, path)
 
 
 class LeaderboardStopped(RuntimeError):
