@@ -165,7 +165,6 @@ def main():
     if not os.path.isfile(args.author_code):
         raise SystemExit(f"parity.py: --author_code={args.author_code}: no such file")
     author = load_author_code(args.author_code)
-    COMMON_AUTHOR["n_sample"] = COMMON_OURS["n_sample"] = args.n_sample
     if shutil.which(os.environ.get("CXX", "g++")):
         cpp_step.load_extension()  # built (or loaded) before any run is timed
     overrides = {"data_path": args.data_path} if args.data_path else {}
@@ -179,6 +178,8 @@ def main():
     for name, (author_setting, our_setting) in SETTINGS.items():
         if args.only and not any(part in name for part in args.only.split(",")):
             continue
+        # --n_sample for both, unless the setting names its own
+        author_setting, our_setting = {"n_sample": args.n_sample, **author_setting}, {"n_sample": args.n_sample, **our_setting}
         ours, authors, seconds = [], [], {"ours": [], "author": []}
         for seed in seeds:
             metrics, spent = run_ours(args.dataset, our_setting, seed, args.epochs, overrides)
