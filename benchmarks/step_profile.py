@@ -121,10 +121,27 @@ def compare_builds(trainer, loader, builds, pairs):
                 print(f"  {index:>3} {medians[0]:8.3f} {medians[1]:8.3f}")
 
 
+def ab_sources(flags):
+    """The two C++ sources ``--ab`` / ``--ab_flags`` compare (A, B), or None without them; a bad value is a
+    one-line error before anything is built or loaded."""
+    if not (flags["ab"] or flags["ab_flags"]):
+        return None
+    if not flags["pairs"].isdigit() or int(flags["pairs"]) < 1:
+        raise SystemExit(f"--pairs={flags['pairs']}: expected a whole number >= 1 (pairs of epochs, A then B)")
+    sources = flags["ab"].split(",") if flags["ab"] else [cpp.SOURCE]
+    if len(sources) == 1:
+        sources.insert(0, cpp.SOURCE)
+    if len(sources) != 2 or not all(os.path.isfile(source) for source in sources):
+        raise SystemExit(f"--ab={flags['ab']}: expected one or two existing C++ files (changed copies of "
+                         f"{cpp.SOURCE}), separated by a comma")
+    return sources
+
+
 def main():
     flags, options = split_flags(sys.argv[1:], {"dataset": "ml-100k", "steps": "500", "rounds": "3", "epochs": "0",
                                                 "ab": "", "ab_flags": "", "pairs": "4"})
     dataset, n_steps, rounds = flags["dataset"], int(flags["steps"]), int(flags["rounds"])
+    sources = ab_sources(flags)
     overrides = {"state": "ERROR", "show_progress": False, **options}
     config = pipeline.build_config("GRU4RecPaper", dataset, overrides=overrides)
     train, _, _ = data_preparation(config, create_dataset(config))
@@ -132,16 +149,7 @@ def main():
     if int(flags["epochs"]) > 0:
         time_epochs(trainer, SessionParallelDataLoader(config, train._dataset), int(flags["epochs"]))
         return
-    if flags["ab"] or flags["ab_flags"]:
-        if int(flags["pairs"]) < 1:
-            raise SystemExit(f"--pairs={flags['pairs']}: expected a whole number >= 1 (pairs of epochs, A then B)")
-        sources = flags["ab"].split(",") if flags["ab"] else [cpp.SOURCE]
-        if len(sources) == 1:
-            sources.insert(0, cpp.SOURCE)
-        for source in sources:
-            if len(sources) != 2 or not os.path.isfile(source):
-                raise SystemExit(f"--ab={flags['ab']}: expected one or two existing C++ files (changed copies of "
-                                 f"{cpp.SOURCE}), separated by a comma")
+    if sources:
         builds = [("A", build(sources[0], [])), ("B", build(sources[1], flags["ab_flags"].split()))]
         print(f"A: {sources[0]}; B: {sources[1]} {flags['ab_flags']}")
         compare_builds(trainer, SessionParallelDataLoader(config, train._dataset), builds, int(flags["pairs"]))
