@@ -18,8 +18,13 @@ outside the repository) with the repository's: one trainer alternates whole epoc
 order, after one warm-up epoch each), so both see the same data and the same phase of this VM, whose speed drifts
 by up to 2x over minutes. ``--ab_flags="-mavx512f ..."`` adds compiler flags to the other build only; with
 ``--ab`` left out but ``--ab_flags`` given, the repository's source is built a second time with them.
-``--ab=A.cpp,B.cpp`` compares two copies; if both define ``timers()`` (a list of cumulative seconds, as copies
-with timers added may), each timer's median milliseconds a step is printed too.
+``--ab=A.cpp,B.cpp`` compares two copies. ``--timers=true`` builds both with ``-DSTEP_TIMERS``, which turns on
+the timers in cpp_step.cpp's parts of a step, and prints each part's median milliseconds a step in A and B; with
+``--timers=true`` alone, A and B are both the repository's source: a profile of the step, and how much the same
+build moves between epochs.
+
+    python benchmarks/step_profile.py --dataset=ml-100k --timers=true --pairs=3 \
+        --loss_type=BPR-max --n_sample=2048 --constrained_embedding=True --train_batch_size=64
 
     python benchmarks/step_profile.py --dataset=ml-100k --ab=/tmp/changed_cpp_step.cpp --pairs=4 \
         --loss_type=BPR-max --n_sample=2048 --constrained_embedding=True --train_batch_size=64
@@ -92,13 +97,13 @@ def compare_builds(trainer, loader, builds, pairs):
         nonlocal epoch
         steps.extension = extension
         trainer.model.negatives.use_search(extension.inverse_cdf)
-        before = extension.timers() if hasattr(extension, "timers") else None
+        before = dict(extension.timers()) if hasattr(extension, "timers") else None
         start = time.perf_counter()
         trainer._train_epoch(loader, epoch)
         elapsed = time.perf_counter() - start
         epoch += 1
         if before is not None:
-            timers[name].append([after - first for first, after in zip(before, extension.timers())])
+            timers[name].append({part: seconds - before[part] for part, seconds in extension.timers()})
         return elapsed
 
     for name, extension in builds:
@@ -113,18 +118,19 @@ def compare_builds(trainer, loader, builds, pairs):
     print(f"{b} / {a}, median epoch: {statistics.median(seconds[b]) / statistics.median(seconds[a]):.3f}")
     if all(timers.values()):
         n_steps = len(loader)
-        print(f"timers, median ms a step ({n_steps} steps): index {a} {b}")
-        for index in range(len(timers[a][0])):
-            medians = [1e3 * statistics.median(epoch_timers[index] for epoch_timers in timers[name]) / n_steps
-                       for name, _ in builds]
-            if any(medians):
-                print(f"  {index:>3} {medians[0]:8.3f} {medians[1]:8.3f}")
+        print(f"median ms a step ({n_steps} steps an epoch; the halves' parts overlap in time):")
+        print(f"  {'part':<34} {a:>8} {b:>8}")
+        for part in timers[a][0]:
+            medians = [1e3 * statistics.median(epoch[part] for epoch in timers[name]) / n_steps for name, _ in builds]
+            print(f"  {part:<34} {medians[0]:8.3f} {medians[1]:8.3f}")
 
 
 def ab_sources(flags):
     """The two C++ sources ``--ab`` / ``--ab_flags`` compare (A, B), or None without them; a bad value is a
     one-line error before anything is built or loaded."""
-    if not (flags["ab"] or flags["ab_flags"]):
+    if flags["timers"] not in ("true", "false"):
+        raise SystemExit(f"--timers={flags['timers']}: expected true or false")
+    if not (flags["ab"] or flags["ab_flags"] or flags["timers"] == "true"):
         return None
     if not flags["pairs"].isdigit() or int(flags["pairs"]) < 1:
         raise SystemExit(f"--pairs={flags['pairs']}: expected a whole number >= 1 (pairs of epochs, A then B)")
@@ -139,7 +145,7 @@ def ab_sources(flags):
 
 def main():
     flags, options = split_flags(sys.argv[1:], {"dataset": "ml-100k", "steps": "500", "rounds": "3", "epochs": "0",
-                                                "ab": "", "ab_flags": "", "pairs": "4"})
+                                                "ab": "", "ab_flags": "", "pairs": "4", "timers": "false"})
     dataset, n_steps, rounds = flags["dataset"], int(flags["steps"]), int(flags["rounds"])
     sources = ab_sources(flags)
     overrides = {"state": "ERROR", "show_progress": False, **options}
@@ -150,8 +156,9 @@ def main():
         time_epochs(trainer, SessionParallelDataLoader(config, train._dataset), int(flags["epochs"]))
         return
     if sources:
-        builds = [("A", build(sources[0], [])), ("B", build(sources[1], flags["ab_flags"].split()))]
-        print(f"A: {sources[0]}; B: {sources[1]} {flags['ab_flags']}")
+        timer_flags = ["-DSTEP_TIMERS"] if flags["timers"] == "true" else []
+        builds = [("A", build(sources[0], timer_flags)), ("B", build(sources[1], timer_flags + flags["ab_flags"].split()))]
+        print(f"A: {sources[0]} {' '.join(timer_flags)}; B: {sources[1]} {' '.join(timer_flags)} {flags['ab_flags']}")
         compare_builds(trainer, SessionParallelDataLoader(config, train._dataset), builds, int(flags["pairs"]))
         return
     fused, model, optimizer = trainer._fused_step(), trainer.model, trainer.optimizer

@@ -22,10 +22,50 @@
 #include <optional>
 #include <tuple>
 #include <vector>
+#ifdef STEP_TIMERS
+#include <chrono>
+#include <string>
+#include <utility>
+#endif
 
 namespace {
 
 using at::Tensor;
+
+// Timers for profiling (benchmarks/step_profile.py --timers builds with -DSTEP_TIMERS; without it they compile to
+// nothing): the seconds spent in each part of the step, summed over calls, read with timers(). SCOPE_TIMER times
+// the rest of a block; LAP_TIMER the time since the block's START_LAPS or previous lap. Parts timed in the two
+// halves of a step overlap in time.
+#ifdef STEP_TIMERS
+enum TimedPart { STEP, CARRIED_STATE, DROPOUT_MASKS, FORWARD, GRU_FORWARD, SCORED_GATHER, SCORES, LOSS, PER_ITEM_SUMS, BACKWARD,
+                 OUTPUT_HALF, OUTPUT_PRODUCT, OUTPUT_UPDATES, REST_HALF, REST_PRODUCT, GRU_BACKWARD, DENSE_UPDATES,
+                 SHARED_ROWS, N_TIMED_PARTS };
+const char* const part_names[N_TIMED_PARTS] = {
+    "step", "carried state", "dropout masks", "forward", "  GRU forward", "  gather of the scored items", "scores", "loss",
+    "gradients summed per item", "backward", "  output half", "    product to the output rows",
+    "    output row updates", "  rest half", "    product to the GRU output", "    GRU backward",
+    "    dense and input row updates", "shared rows"};
+double part_seconds[N_TIMED_PARTS];
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+struct ScopeTimer {
+  TimedPart part;
+  Clock::time_point start = Clock::now();
+  ~ScopeTimer() { part_seconds[part] += seconds_since(start); }
+};
+#define SCOPE_TIMER(part) ScopeTimer scope_timer_{part}
+#define START_LAPS() Clock::time_point lap_start_ = Clock::now()
+#define LAP_TIMER(part) (part_seconds[part] += seconds_since(lap_start_), lap_start_ = Clock::now())
+std::vector<std::pair<std::string, double>> timers() {
+  std::vector<std::pair<std::string, double>> out;
+  for (int part = 0; part < N_TIMED_PARTS; ++part) out.emplace_back(part_names[part], part_seconds[part]);
+  return out;
+}
+#else
+#define SCOPE_TIMER(part)
+#define START_LAPS()
+#define LAP_TIMER(part)
+#endif
 
 enum Loss { CROSS_ENTROPY = 0, TOP1 = 1, BPR = 2, TOP1_MAX = 3, BPR_MAX = 4 };  // steps/cpp.py: LOSS_CODES
 enum Activation { LINEAR = 0, TANH = 1, ELU = 2, RELU = 3, LEAKY = 4, SELU = 5 };  // steps/activations.py
@@ -842,6 +882,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
                                      const Tensor& columns, const Tensor& hidden,
                                      const std::optional<Tensor>& log_popularity, Workspace& workspace,
                                      const Settings& s) {
+  START_LAPS();
   const int64_t layers = s.num_layers, rows = items.size(0), size = hidden.size(2), width = columns.size(0);
   const auto options = hidden.options();
   const bool one_hot = s.input == ONE_HOT;
@@ -853,6 +894,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   for (auto& mask : hidden_masks) {
     if (s.dropout_hidden > 0) mask = dropout_mask(rows, size, s.dropout_hidden, options);
   }
+  LAP_TIMER(DROPOUT_MASKS);
 
   // Forward, keeping what the backward needs: the recurrent part and the gather of the scored items share
   // nothing, so with two or more intra-op threads they run side by side (as the backward's halves, below).
@@ -862,6 +904,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   std::vector<LayerCache> caches;
   std::vector<Tensor> outputs;
   auto recurrent = [&] {
+    SCOPE_TIMER(GRU_FORWARD);
     Tensor gates;
     if (one_hot) {
       gates = gather_rows(input_rows.weight, item, rows, input_mask.defined() ? input_mask.data_ptr<float>() : nullptr);
@@ -885,6 +928,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   Tensor column_weights, column_bias;  // the output layer's rows the products take (ScoredItems)
   std::optional<ScoredItems> scored;
   auto scored_columns = [&] {
+    SCOPE_TIMER(SCORED_GATHER);
     scored.emplace(column, width, workspace.scored);
     const int64_t* product_row = scored->product_rows(column);
     column_weights = gather_rows(output_rows.weight, product_row, scored->product_count());
@@ -893,10 +937,14 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
   at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t half = begin; half < end; ++half) half == 0 ? recurrent() : scored_columns();
   });
+  LAP_TIMER(FORWARD);
   Tensor logits = scored->to_columns(at::addmm(column_bias, head, column_weights.t()));
+  LAP_TIMER(SCORES);
 
   auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, workspace.columns, s);
+  LAP_TIMER(LOSS);
   const Tensor grad_products = scored->to_products(grad_logits);
+  LAP_TIMER(PER_ITEM_SUMS);
   const int64_t n_products = grad_products.size(1), n_scored = scored->count();
   const int64_t* scored_item = scored->items.data();
 
@@ -917,7 +965,10 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     for (int64_t k = 0; k < rows; ++k) workspace.rest_half.set(item[k], 0);
   }
   auto output_layer = [&] {
+    SCOPE_TIMER(OUTPUT_HALF);
+    START_LAPS();
     item_grads = scored->rows_to_items(at::mm(grad_products.t(), head));
+    LAP_TIMER(OUTPUT_PRODUCT);
     adagrad_distinct_rows(output_rows, scored_item, n_scored, item_grads.data_ptr<float>(), s,
                           shared ? &workspace.rest_half : nullptr);
     Tensor bias_grads = at::zeros({n_products, 1}, options);  // the column sums (ATen's sum(0) took ~4x as long)
@@ -929,9 +980,13 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
       for (int64_t j = 0; j < n_products; ++j) target[j] += source[j];
     }
     adagrad_distinct_rows(bias_rows, scored_item, n_scored, scored->rows_to_items(bias_grads).data_ptr<float>(), s);
+    LAP_TIMER(OUTPUT_UPDATES);
   };
   auto rest = [&] {
+    SCOPE_TIMER(REST_HALF);
+    START_LAPS();
     Tensor grad_output = at::mm(grad_products, column_weights);
+    LAP_TIMER(REST_PRODUCT);
     if (s.feedforward) {
       Tensor grad_pre = grad_output * (1 - head * head);
       grads[params.feedforward_weight_at()] = at::mm(grad_pre.t(), outputs.back());
@@ -957,12 +1012,15 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
       input_grads = at::mm(input_grads, params.input_weight());
     }
     if (input_mask.defined()) input_grads = input_grads * input_mask;
+    LAP_TIMER(GRU_BACKWARD);
     for (size_t i = 0; i < dense.size(); ++i) update(i);
     if (!shared) adagrad_rows(input_rows, items, input_grads, workspace.rest_half, s);
+    LAP_TIMER(DENSE_UPDATES);
   };
   at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t half = begin; half < end; ++half) half == 0 ? output_layer() : rest();
   });
+  LAP_TIMER(BACKWARD);
   if (shared) {  // the input rows, with the gradients of their inputs and, if scored, of their columns
     const Tensor input_grad_rows = input_grads.contiguous();
     const int64_t embedding = input_grad_rows.size(1);
@@ -978,6 +1036,7 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     adagrad_rows(output_rows, updated.data(), static_cast<int64_t>(updated.size()),
                  [&gradients](int64_t k) { return gradients[k]; }, workspace.output_half, s);
   }
+  LAP_TIMER(SHARED_ROWS);
   return {loss, new_hidden};
 }
 
@@ -1049,12 +1108,15 @@ std::tuple<Tensor, Tensor> train_steps(std::vector<Tensor> dense, std::vector<Te
   const int64_t* previous = previous_rows.data_ptr<int64_t>();
   const float* carried = carry.data_ptr<float>();
   for (int64_t t = 0; t < steps; ++t) {
+    START_LAPS();
     const int64_t start = bounds[t], rows = bounds[t + 1] - bounds[t];
     Tensor step_items = items.narrow(0, start, rows), step_targets = targets.narrow(0, start, rows);
     Tensor step_hidden = carried_hidden(state, previous + start, carried + start, rows, num_layers, size, dense[0].options());
     Tensor columns = negatives.has_value() ? at::cat({step_targets, (*negatives)[t]}) : step_targets;
+    LAP_TIMER(CARRIED_STATE);
     auto [step_loss, new_state] = train_step(params, dense, sums, velocities, input, output, bias, step_items, step_targets,
                                              columns, step_hidden, log_popularity, workspace, settings);
+    LAP_TIMER(STEP);
     losses.push_back(step_loss);
     state = new_state;
     if (!std::isfinite(step_loss)) break;
@@ -1103,4 +1165,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "GRU4RecPaper's fused training step in C++, a chunk of session-parallel steps per call";
   module.def("train_steps", &train_steps, "Train a chunk of session-parallel steps in place; see steps/cpp.py");
   module.def("inverse_cdf", &inverse_cdf, "torch.searchsorted(cumulative, uniform, right=True) for float64 draws");
+#ifdef STEP_TIMERS
+  module.def("timers", &timers, "(part, seconds summed over calls) of each timed part of the step");
+#endif
 }
