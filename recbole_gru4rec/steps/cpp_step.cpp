@@ -37,12 +37,12 @@ using at::Tensor;
 // the rest of a block; LAP_TIMER the time since the block's START_LAPS or previous lap. Parts timed in the two
 // halves of a step overlap in time.
 #ifdef STEP_TIMERS
-enum TimedPart { STEP, CARRIED_STATE, DROPOUT_MASKS, FORWARD, GRU_FORWARD, SCORED_GATHER, SCORES, LOSS, PER_ITEM_SUMS, BACKWARD,
-                 OUTPUT_HALF, OUTPUT_PRODUCT, OUTPUT_UPDATES, REST_HALF, REST_PRODUCT, GRU_BACKWARD, DENSE_UPDATES,
-                 SHARED_ROWS, N_TIMED_PARTS };
-const char* const part_names[N_TIMED_PARTS] = {
-    "step", "carried state", "dropout masks", "forward", "  GRU forward", "  gather of the scored items", "scores", "loss",
-    "gradients summed per item", "backward", "  output half", "    product to the output rows",
+enum TimedPart { STEP, CARRIED_STATE, DROPOUT_MASKS, FORWARD, GRU_FORWARD, SCORED_GATHER, SCORES, LOSS,
+                 PER_ITEM_SUMS, BACKWARD, OUTPUT_HALF, OUTPUT_PRODUCT, OUTPUT_UPDATES, REST_HALF, REST_PRODUCT,
+                 GRU_BACKWARD, DENSE_UPDATES, SHARED_ROWS, N_TIMED_PARTS };
+const char* const part_names[N_TIMED_PARTS] = {  // indented under the part they belong to
+    "step", "carried state", "dropout masks", "forward", "  GRU forward", "  gather of the scored items", "scores",
+    "loss", "gradients summed per item", "backward", "  output half", "    product to the output rows",
     "    output row updates", "  rest half", "    product to the GRU output", "    GRU backward",
     "    dense and input row updates", "shared rows"};
 double part_seconds[N_TIMED_PARTS];
