@@ -113,7 +113,7 @@ def run_author(author, frame, test_rows, setting, seed, epochs):
     """Train the author's GRU4Rec on ``frame``; returns (per-user metrics, training seconds)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
-    gru = author.GRU4Rec(**COMMON_AUTHOR, **setting, n_epochs=epochs, device=torch.device("cpu"))
+    gru = author.GRU4Rec(**{**COMMON_AUTHOR, **setting}, n_epochs=epochs, device=torch.device("cpu"))  # setting wins
     start = time.perf_counter()
     gru.fit(frame)
     seconds = time.perf_counter() - start
