@@ -155,6 +155,28 @@ def test_cpp_step_updates_as_the_fused_step_does(tiny, monkeypatch, options):
     assert_same_training(*in_cpp, *train_one_epoch(tiny, True, **options))
 
 
+# 64 negatives on tiny's 30 items: every step's 65-72 columns hold at most 30 items, so more than a third of them
+# repeat one and the C++ step takes its products, and its loss but with logQ, once per item (ScoredItems, Negatives).
+BY_ITEM_SETTINGS = {
+    **{loss: {"loss_type": loss} for loss in ["TOP1", "BPR", "TOP1-max", "BPR-max"]},
+    "CE": {"loss_type": "CE", "final_activation": "linear"},
+    "CE, target copies as negatives": {"loss_type": "CE", "final_activation": "linear", "remove_accidental_hits": False},
+    "TOP1, target copies as negatives": {"remove_accidental_hits": False},
+    "BPR-max, shared embedding, target copies as negatives": {
+        "loss_type": "BPR-max", "constrained_embedding": True, "remove_accidental_hits": False},
+    "CE, logQ (its loss stays per column)": {"loss_type": "CE", "final_activation": "linear", "logq": 1.0},
+}
+
+
+@pytest.mark.skipif(NO_COMPILER, reason="cpp_step needs a C++ compiler")
+@pytest.mark.parametrize("options", BY_ITEM_SETTINGS.values(), ids=BY_ITEM_SETTINGS.keys())
+def test_cpp_step_by_item_updates_as_the_fused_step_does_by_column(tiny, monkeypatch, options):
+    monkeypatch.setattr(cpp_step, "CHUNK_STEPS", 7)
+    in_cpp = train_one_epoch(tiny, True, cpp_step=True, n_sample=64, **options)
+    assert isinstance(in_cpp[0].fused_training_step, CppTrainingSteps)
+    assert_same_training(*in_cpp, *train_one_epoch(tiny, True, n_sample=64, **options))
+
+
 @pytest.mark.skipif(NO_COMPILER, reason="cpp_step needs a C++ compiler")
 @pytest.mark.parametrize("loss_type", ["BPR-max", "TOP1-max", "CE", "BPR", "TOP1"])
 def test_cpp_step_on_extreme_scores_stays_finite_and_updates_as_the_fused_step_does(tiny, monkeypatch, loss_type):

@@ -3,8 +3,9 @@
 // On a CPU a session-parallel step is a few dozen operations on tensors of a few thousand values, and calling
 // each from Python costs about as much as its arithmetic. Here a whole chunk of steps runs in one call: the
 // matrix products and the vectorised sigmoid / tanh / exp stay ATen calls; the gathers, the loss gradients,
-// the GRU backward and the Adagrad updates are plain loops; the products with the scored columns' weights are
-// taken once per distinct item (ScoredItems); and with two or more intra-op threads the forward's recurrent part
+// the GRU backward and the Adagrad updates are plain loops; where many scored columns repeat an item, the products
+// with their weights and the loss are taken once per distinct item (ScoredItems, Negatives); and with two or more
+// intra-op threads the forward's recurrent part
 // runs beside the gather of the scored items, the backward as two independent halves side by side, the loss and
 // the row updates split by rows. The extension also draws the sampler's items (inverse_cdf).
 // The arithmetic is the fused step's, and the dropout masks are drawn from torch's default generator in the
@@ -260,23 +261,83 @@ struct ColumnIndex {
   }
 };
 
-// Sampled cross-entropy on linear scores (cross_entropy_with_gradient): row i's target is column i; a column
-// holding row i's target elsewhere is left out of its softmax. Returns (loss, gradient on the scores).
-// The rows are independent but for the count of rows with a negative: they are split between the threads.
-std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* targets, const ColumnIndex& index,
-                                        int64_t divisor) {
+// Each row's negatives among the loss's columns, as weights: how many of the step's scored columns a loss column
+// stands for as a negative of the row, 0 where it is none. The loss's columns are the scored columns (weights 1, and
+// 0 for the row's target column and, with remove_accidental_hits, every other column holding its item), or, by item,
+// the distinct scored items: an item weighs the number of columns that hold it, and the row's target item that
+// number less its own column (remove_accidental_hits: 0). The losses are sums over the columns whose terms depend
+// on a column only through its score, so an item's gradient is the sum of its columns' gradients: taking the loss
+// by item needs neither the copy of the scores out to the columns nor the sums of the gradients back.
+struct Negatives {
+  int64_t width;
+  std::vector<int64_t> target;  // each row's target column
+  std::vector<float> weights;   // (rows, width)
+  std::vector<float> count;     // each row's weights summed: how many of the step's columns are its negatives
+  std::vector<char> any;        // whether a row has a negative
+  const float* row(int64_t i) const { return weights.data() + i * width; }
+
+  // Per column: ``ids`` tell a row's target from its negatives (the columns' items, or their positions).
+  Negatives(const int64_t* ids, const int64_t* target_ids, int64_t rows, int64_t columns, ItemSlots& slots)
+      : width(columns), target(rows), weights(rows * columns, 1.0f), count(rows), any(rows) {
+    const ColumnIndex index(ids, columns, slots);
+    for (int64_t i = 0; i < rows; ++i) {
+      target[i] = i;
+      int64_t excluded = 0;
+      for (int32_t j = index.first(target_ids[i]); j >= 0; j = index.next[j], ++excluded) weights[i * width + j] = 0.0f;
+      count[i] = static_cast<float>(width - excluded);
+      any[i] = excluded < width;
+    }
+  }
+
+  // By item: ``item_of`` gives each scored column's item (0 .. n_items - 1); column i holds row i's target.
+  Negatives(const std::vector<int32_t>& item_of, int64_t n_items, int64_t rows, bool remove_accidental_hits)
+      : width(n_items), target(rows), weights(rows * n_items), count(rows), any(rows) {
+    std::vector<float> multiplicity(width, 0.0f);
+    for (int32_t d : item_of) multiplicity[d] += 1.0f;
+    const int64_t n_columns = static_cast<int64_t>(item_of.size());
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t own = item_of[i];
+      target[i] = own;
+      std::copy(multiplicity.begin(), multiplicity.end(), weights.begin() + i * width);
+      weights[i * width + own] = remove_accidental_hits ? 0.0f : multiplicity[own] - 1.0f;
+      count[i] = static_cast<float>(n_columns) - multiplicity[own] + weights[i * width + own];
+      any[i] = count[i] > 0;
+    }
+  }
+
+  // The factor of every row's loss: 1 / divisor, or with divisor 0, 1 / (rows with a negative).
+  float scale(int64_t divisor) const {
+    const int64_t with_negative = std::count(any.begin(), any.end(), 1);
+    return 1.0f / static_cast<float>(divisor > 0 ? divisor : std::max<int64_t>(with_negative, 1));
+  }
+};
+
+// The Negatives of the scored columns (items ``columns``; row i's target in column i): a column holding the row's
+// target item is none of its negatives, or, without remove_accidental_hits, only the row's own column.
+Negatives column_negatives(const int64_t* columns, const int64_t* targets, int64_t rows, int64_t width,
+                           bool remove_accidental_hits, ItemSlots& slots) {
+  if (remove_accidental_hits) return Negatives(columns, targets, rows, width, slots);
+  std::vector<int64_t> positions(width);
+  std::iota(positions.begin(), positions.end(), int64_t{0});
+  ItemSlots position_slots(width);
+  return Negatives(positions.data(), positions.data(), rows, width, position_slots);
+}
+
+// Sampled cross-entropy on linear scores (cross_entropy_with_gradient): each row's softmax over its target column
+// and its negatives, each column weighted as Negatives says. Returns (loss, gradient on the scores).
+// The rows are independent: they are split between the threads.
+std::pair<double, Tensor> cross_entropy(const Tensor& scores, const Negatives& negatives, int64_t divisor) {
   const int64_t rows = scores.size(0), width = scores.size(1), grain = 16;
   constexpr float minus_infinity = -std::numeric_limits<float>::infinity();  // constexpr: a lambda reads it without capturing it
   Tensor probabilities = at::empty_like(scores);
   const float* score = scores.data_ptr<float>();
   float* e = probabilities.data_ptr<float>();
-  std::vector<float> diagonal(rows), row_loss(rows);
-  std::vector<char> has_negative(rows);
+  std::vector<float> row_loss(rows);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float* __restrict__ row = score + i * width;
       float* __restrict__ out = e + i * width;
-      // A repeat of the target has the target's own score, so the maximum over all columns is the one over the
+      // A column left out has the target's own score, so the maximum over all columns is the one over the
       // columns kept, up to rounding: it only shifts the exponents. (Written as a comparison: GCC 12 leaves a
       // std::max reduction scalar, ~9x slower here.)
       float maximum = minus_infinity;
@@ -284,67 +345,45 @@ std::pair<double, Tensor> cross_entropy(const Tensor& scores, const int64_t* tar
       for (int64_t j = 0; j < width; ++j) maximum = row[j] > maximum ? row[j] : maximum;
 #pragma omp simd
       for (int64_t j = 0; j < width; ++j) out[j] = row[j] - maximum;
-      int64_t repeats = 0;
-      for (int32_t j = index.first(targets[i]); j >= 0; j = index.next[j]) {
-        if (j != i) {
-          out[j] = minus_infinity;
-          ++repeats;
-        }
-      }
-      diagonal[i] = out[i];
-      has_negative[i] = repeats < width - 1;
+      row_loss[i] = -out[negatives.target[i]];
     }
   });
   probabilities.exp_();  // vectorised, and split between the threads at this size
-  const int64_t with_negative = std::count(has_negative.begin(), has_negative.end(), 1);
-  const float scale = 1.0f / static_cast<float>(divisor > 0 ? divisor : std::max<int64_t>(with_negative, 1));
+  const float scale = negatives.scale(divisor);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       float* __restrict__ out = e + i * width;
-      float total = 0.0f;
+      const float* __restrict__ weight = negatives.row(i);
+      const int64_t own = negatives.target[i];
+      float total = out[own];
 #pragma omp simd reduction(+ : total)
-      for (int64_t j = 0; j < width; ++j) total += out[j];
-      row_loss[i] = std::log(total) - diagonal[i];  // -log softmax of the target
-      const float inverse = 1.0f / total, weight = has_negative[i] ? scale : 0.0f;
+      for (int64_t j = 0; j < width; ++j) total += weight[j] * out[j];
+      row_loss[i] += std::log(total);  // -log softmax of the target
+      const float own_share = out[own] / total, factor = negatives.any[i] ? scale / total : 0.0f;
 #pragma omp simd
-      for (int64_t j = 0; j < width; ++j) out[j] = out[j] * inverse * weight;
-      out[i] -= weight;
+      for (int64_t j = 0; j < width; ++j) out[j] *= weight[j] * factor;
+      out[own] += negatives.any[i] ? (own_share - 1) * scale : 0.0f;
     }
   });
   double loss = 0.0;
-  for (int64_t i = 0; i < rows; ++i) loss += has_negative[i] ? static_cast<double>(row_loss[i]) * scale : 0.0;
+  for (int64_t i = 0; i < rows; ++i) loss += negatives.any[i] ? static_cast<double>(row_loss[i]) * scale : 0.0;
   return {loss, probabilities};
 }
 
-// TOP1 or BPR over the scores (pairwise_with_gradient): the mean over each row's negatives (columns holding
-// another item than its target), then over the rows that have one. Returns (loss, gradient on the scores).
-std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const int64_t* targets, const ColumnIndex& index,
-                                   int64_t divisor) {
+// TOP1 or BPR over the scores (pairwise_with_gradient): the mean over each row's negatives, each column weighted
+// as Negatives says, then over the rows that have one. Returns (loss, gradient on the scores).
+std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const Negatives& negatives, int64_t divisor) {
   const int64_t rows = scores.size(0), width = scores.size(1);
   const float* score = scores.data_ptr<float>();
   Tensor difference = at::empty_like(scores);
   float* d = difference.data_ptr<float>();
-  std::vector<float> pair_weight(rows * width);
-  std::vector<int64_t> counts(rows);
-  int64_t with_negative = 0;
+  const float scale = negatives.scale(divisor);
   for (int64_t i = 0; i < rows; ++i) {
-    counts[i] = width - index.count(targets[i]);
-    with_negative += counts[i] > 0;
-  }
-  for (int64_t i = 0; i < rows; ++i) {
-    const float row_weight = counts[i] > 0
-        ? 1.0f / static_cast<float>(std::max<int64_t>(counts[i], 1) * (divisor > 0 ? divisor : std::max<int64_t>(with_negative, 1)))
-        : 0.0f;
-    float* __restrict__ weight = pair_weight.data() + i * width;
     const float* __restrict__ row = score + i * width;
     float* __restrict__ out = d + i * width;
-    const float own = row[i];
+    const float own = row[negatives.target[i]];
 #pragma omp simd
-    for (int64_t j = 0; j < width; ++j) {
-      weight[j] = row_weight;
-      out[j] = row[j] - own;
-    }
-    for (int32_t j = index.first(targets[i]); j >= 0; j = index.next[j]) weight[j] = 0.0f;  // not a negative
+    for (int64_t j = 0; j < width; ++j) out[j] = row[j] - own;
   }
   Tensor ranking = at::sigmoid(difference);
   const float* rank = ranking.data_ptr<float>();
@@ -355,7 +394,8 @@ std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const i
   const float* per_pair = pair_loss.data_ptr<float>();  // TOP1: the regularizer sigmoid(r_j^2); BPR: -log sigmoid(r_i - r_j)
   for (int64_t i = 0; i < rows; ++i) {
     float row_loss = 0.0f, diagonal = 0.0f;
-    const float* __restrict__ weight = pair_weight.data() + i * width;
+    const float* __restrict__ negative = negatives.row(i);
+    const float row_weight = negatives.any[i] ? scale / negatives.count[i] : 0.0f;
     float* __restrict__ g = grad + i * width;
     const float* __restrict__ r = rank + i * width;
     const float* __restrict__ p = per_pair + i * width;
@@ -363,49 +403,47 @@ std::pair<double, Tensor> pairwise(Loss loss_type, const Tensor& scores, const i
     if (loss_type == TOP1) {
 #pragma omp simd reduction(+ : row_loss, diagonal)
       for (int64_t j = 0; j < width; ++j) {
-        row_loss += (r[j] + p[j]) * weight[j];
-        const float ranking_grad = r[j] * (1 - r[j]) * weight[j];
-        g[j] = p[j] * (1 - p[j]) * x[j] * (2 * weight[j]) + ranking_grad;
+        const float weight = negative[j] * row_weight;
+        row_loss += (r[j] + p[j]) * weight;
+        const float ranking_grad = r[j] * (1 - r[j]) * weight;
+        g[j] = p[j] * (1 - p[j]) * x[j] * (2 * weight) + ranking_grad;
         diagonal += ranking_grad;
       }
     } else {
 #pragma omp simd reduction(+ : row_loss, diagonal)
       for (int64_t j = 0; j < width; ++j) {
-        row_loss += p[j] * weight[j];
-        g[j] = r[j] * weight[j];
+        const float weight = negative[j] * row_weight;
+        row_loss += p[j] * weight;
+        g[j] = r[j] * weight;
         diagonal += g[j];
       }
     }
-    g[i] -= diagonal;
+    g[negatives.target[i]] -= diagonal;
     loss += row_loss;
   }
   return {loss, gradient};
 }
 
 // TOP1-max or BPR-max over the scores (softmax_weighted_with_gradient in losses.py, whose docstring has the
-// gradients): each row's pairs weighted by the softmax s over its negatives. Three exponent matrices are filled
-// row by row and exponentiated in one vectorised call: the softmax numerators exp(r_j - m) (m: the row's largest
-// negative score), exp(-|r_j - r_t|) for the sigmoids of the differences, and for BPR-max the numerators of
-// s_j sigmoid(r_t - r_j), exp(min(r_j, r_t) - min(m, r_t)) / (1 + exp(-|r_j - r_t|)) up to a row's constant, whose
-// largest is at least 1/2: -log sum_j s_j sigmoid(r_t - r_j) stays finite with the target far below its
-// negatives, as losses.py's log-domain form does. For TOP1-max the third is exp(-r_j^2), for sigmoid(r_j^2).
-// The rows are independent but for the count of rows with a negative: they are split between the threads.
-// Returns (loss, gradient on the scores).
-std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores, const int64_t* targets,
-                                           const ColumnIndex& index, double bpreg, int64_t divisor) {
+// gradients): each row's pairs weighted by the softmax s over its negatives (each column weighted as Negatives
+// says). Three exponent matrices are filled row by row and exponentiated in one vectorised call: the softmax
+// numerators exp(r_j - m) (m: the row's largest negative score), exp(-|r_j - r_t|) for the sigmoids of the
+// differences, and for BPR-max the numerators of s_j sigmoid(r_t - r_j), exp(min(r_j, r_t) - min(m, r_t)) /
+// (1 + exp(-|r_j - r_t|)) up to a row's constant, whose largest is at least 1/2: -log sum_j s_j sigmoid(r_t - r_j)
+// stays finite with the target far below its negatives, as losses.py's log-domain form does. For TOP1-max the
+// third is exp(-r_j^2), for sigmoid(r_j^2). A column that is no negative gets exponent 0 and weight 0 (ATen's exp
+// falls back from its vector path wherever a lane is -inf). The rows are independent: they are split between
+// the threads. Returns (loss, gradient on the scores).
+std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores, const Negatives& negatives,
+                                           double bpreg, int64_t divisor) {
   const int64_t rows = scores.size(0), width = scores.size(1), grain = 16, cells = rows * width;
   constexpr float minus_infinity = -std::numeric_limits<float>::infinity();  // constexpr: a lambda reads it without capturing it
   const bool bpr_max = loss_type == BPR_MAX;
   const float bpreg_value = static_cast<float>(bpreg);
+  const float scale = negatives.scale(divisor);
   // A row without negatives is computed over every column as a stand-in and then weighted 0.
-  std::vector<char> negative(cells, 1), has_negative(rows);
-  for (int64_t i = 0; i < rows; ++i) {
-    has_negative[i] = index.count(targets[i]) < width;
-    if (has_negative[i])
-      for (int32_t j = index.first(targets[i]); j >= 0; j = index.next[j]) negative[i * width + j] = 0;
-  }
-  const int64_t with_negative = std::count(has_negative.begin(), has_negative.end(), 1);
-  const float scale = 1.0f / static_cast<float>(divisor > 0 ? divisor : std::max<int64_t>(with_negative, 1));
+  const std::vector<float> stand_in(width, 1.0f);
+  auto weights_of = [&](int64_t i) { return negatives.any[i] ? negatives.row(i) : stand_in.data(); };
   const float* score = scores.data_ptr<float>();
   Tensor exponents = at::empty({3, rows, width}, scores.options());
   float* softmax = exponents.data_ptr<float>();
@@ -415,15 +453,15 @@ std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores,
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float* __restrict__ r = score + i * width;
-      const char* __restrict__ kept = negative.data() + i * width;
+      const float* __restrict__ kept = weights_of(i);
       float* __restrict__ a = softmax + i * width;
       float* __restrict__ b = decay + i * width;
       float* __restrict__ c = third + i * width;
-      const float own = r[i];
+      const float own = r[negatives.target[i]];
       float m = minus_infinity;
 #pragma omp simd reduction(max : m)
       for (int64_t j = 0; j < width; ++j) {
-        const float value = kept[j] ? r[j] : minus_infinity;
+        const float value = kept[j] > 0 ? r[j] : minus_infinity;
         m = value > m ? value : m;  // see cross_entropy
       }
       const float lowest = std::min(m, own);
@@ -431,12 +469,12 @@ std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores,
       row_floor[i] = lowest;
 #pragma omp simd
       for (int64_t j = 0; j < width; ++j) {
-        a[j] = kept[j] ? r[j] - m : minus_infinity;
+        a[j] = kept[j] > 0 ? r[j] - m : 0.0f;
         b[j] = -std::abs(r[j] - own);
       }
       if (bpr_max) {
 #pragma omp simd
-        for (int64_t j = 0; j < width; ++j) c[j] = kept[j] ? std::min(r[j], own) - lowest : minus_infinity;
+        for (int64_t j = 0; j < width; ++j) c[j] = kept[j] > 0 ? std::min(r[j], own) - lowest : 0.0f;
       } else {
 #pragma omp simd
         for (int64_t j = 0; j < width; ++j) c[j] = -r[j] * r[j];
@@ -450,29 +488,30 @@ std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores,
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float* __restrict__ r = score + i * width;
+      const float* __restrict__ kept = weights_of(i);
       const float* __restrict__ a = softmax + i * width;
       const float* __restrict__ b = decay + i * width;
       const float* __restrict__ c = third + i * width;
       float* __restrict__ g = grad + i * width;
       // A local copy: GCC 12 leaves a loop that writes through a pointer scalar when it reads a captured
       // variable (which the write might change), as it would with a non-constexpr minus_infinity.
-      const float own = r[i], regularization = bpreg_value;
+      const float own = r[negatives.target[i]], regularization = bpreg_value;
       float total = 0.0f;
 #pragma omp simd reduction(+ : total)
-      for (int64_t j = 0; j < width; ++j) total += a[j];
+      for (int64_t j = 0; j < width; ++j) total += kept[j] * a[j];
       const float inverse = 1.0f / total;
       float target_gradient = 0.0f;
       if (bpr_max) {
         float joint = 0.0f, regularizer = 0.0f;  // sum_j of c_j / (1 + b_j), and of s_j r_j^2
 #pragma omp simd reduction(+ : joint, regularizer)
         for (int64_t j = 0; j < width; ++j) {
-          joint += c[j] / (1 + b[j]);
-          regularizer += a[j] * inverse * r[j] * r[j];
+          joint += kept[j] * c[j] / (1 + b[j]);
+          regularizer += kept[j] * a[j] * inverse * r[j] * r[j];
         }
         const float inverse_joint = 1.0f / joint;
 #pragma omp simd reduction(+ : target_gradient)
         for (int64_t j = 0; j < width; ++j) {
-          const float weight = a[j] * inverse, posterior = c[j] / (1 + b[j]) * inverse_joint;
+          const float weight = kept[j] * a[j] * inverse, posterior = kept[j] * c[j] / (1 + b[j]) * inverse_joint;
           const float ranking = (r[j] > own ? b[j] : 1.0f) / (1 + b[j]);  // sigmoid(r_t - r_j)
           g[j] = weight - posterior * ranking + regularization * weight * (r[j] * r[j] - regularizer + 2 * r[j]);
           target_gradient += posterior * (1 - ranking);
@@ -485,25 +524,25 @@ std::pair<double, Tensor> softmax_weighted(Loss loss_type, const Tensor& scores,
 #pragma omp simd reduction(+ : per_row)
         for (int64_t j = 0; j < width; ++j) {
           const float ranking = (r[j] >= own ? 1.0f : b[j]) / (1 + b[j]);  // sigmoid(r_j - r_t)
-          per_row += a[j] * inverse * (ranking + 1 / (1 + c[j]));
+          per_row += kept[j] * a[j] * inverse * (ranking + 1 / (1 + c[j]));
         }
 #pragma omp simd reduction(+ : target_gradient)
         for (int64_t j = 0; j < width; ++j) {
-          const float weight = a[j] * inverse, ranking = (r[j] >= own ? 1.0f : b[j]) / (1 + b[j]);
+          const float weight = kept[j] * a[j] * inverse, ranking = (r[j] >= own ? 1.0f : b[j]) / (1 + b[j]);
           const float squashed = 1 / (1 + c[j]), slope = ranking * (1 - ranking);  // sigmoid(r_j^2)
           g[j] = weight * (ranking + squashed - per_row + slope + 2 * r[j] * squashed * (1 - squashed));
           target_gradient += weight * slope;
         }
         row_loss[i] = per_row;
       }
-      g[i] -= target_gradient;
-      const float weight = has_negative[i] ? scale : 0.0f;
+      g[negatives.target[i]] -= target_gradient;
+      const float weight = negatives.any[i] ? scale : 0.0f;
 #pragma omp simd
       for (int64_t j = 0; j < width; ++j) g[j] *= weight;
     }
   });
   double loss = 0.0;
-  for (int64_t i = 0; i < rows; ++i) loss += has_negative[i] ? row_loss[i] * scale : 0.0;
+  for (int64_t i = 0; i < rows; ++i) loss += negatives.any[i] ? row_loss[i] * scale : 0.0;
   return {loss, gradient};
 }
 
@@ -527,32 +566,19 @@ Tensor scaled_elu(const Tensor& logits, const Settings& s) {
   return scores;
 }
 
-// The loss of a step and its gradient on the pre-activation scores (steps/fused.py: loss_and_gradient).
-std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& columns, const Tensor& targets,
-                                            const std::optional<Tensor>& log_popularity, ItemSlots& item_slots,
-                                            const Settings& s) {
-  // What tells a row's target from its negatives (GRU4RecPaper.negative_ids): the items, or the column positions.
-  const int64_t width = columns.size(0);
-  std::vector<int64_t> positions;
-  const int64_t* target = targets.data_ptr<int64_t>();
-  const int64_t* column_id = columns.data_ptr<int64_t>();
-  std::optional<ItemSlots> position_slots;
-  if (!s.remove_accidental_hits) {
-    positions.resize(width);
-    std::iota(positions.begin(), positions.end(), int64_t{0});
-    target = column_id = positions.data();
-    position_slots.emplace(width);
-  }
-  const ColumnIndex index(column_id, width, position_slots ? *position_slots : item_slots);
+// The loss of a step and its gradient on the pre-activation scores (steps/fused.py: loss_and_gradient), over
+// the loss's columns: the scored columns, whose items are ``columns``, or by item (Negatives).
+std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Negatives& negatives, const Tensor& columns,
+                                            const std::optional<Tensor>& log_popularity, const Settings& s) {
   if (s.loss == CROSS_ENTROPY) {  // on linear scores: the gradient on the scores is the one on the logits
     Tensor scores = logits;
     if (s.logq > 0) {  // GRU4RecPaper.scores: log popularity for the mini-batch's targets, times alpha for the rest
       Tensor correction = log_popularity->index_select(0, columns);
-      const int64_t in_batch = logits.size(0);
+      const int64_t in_batch = logits.size(0), width = columns.size(0);
       if (width > in_batch) correction.narrow(0, in_batch, width - in_batch).mul_(s.sample_alpha);
       scores = logits - s.logq * correction;
     }
-    return cross_entropy(scores.contiguous(), target, index, s.loss_divisor);
+    return cross_entropy(scores.contiguous(), negatives, s.loss_divisor);
   }
   Tensor scores = logits;
   if (s.activation == TANH) scores = at::tanh(logits);
@@ -560,8 +586,8 @@ std::pair<double, Tensor> loss_and_gradient(const Tensor& logits, const Tensor& 
   else if (s.activation == LEAKY) scores = at::leaky_relu(logits, s.alpha);
   else if (s.activation == ELU || s.activation == SELU) scores = scaled_elu(logits, s);
   auto [loss, gradient] = s.loss == TOP1 || s.loss == BPR
-      ? pairwise(s.loss, scores.contiguous(), target, index, s.loss_divisor)
-      : softmax_weighted(s.loss, scores.contiguous(), target, index, s.bpreg, s.loss_divisor);
+      ? pairwise(s.loss, scores.contiguous(), negatives, s.loss_divisor)
+      : softmax_weighted(s.loss, scores.contiguous(), negatives, s.bpreg, s.loss_divisor);
   float* __restrict__ grad = gradient.data_ptr<float>();
   const float* __restrict__ score = scores.data_ptr<float>();
   const float* __restrict__ logit = logits.data_ptr<float>();
@@ -776,12 +802,13 @@ struct Workspace {
 };
 
 // The distinct items of a step's scored columns. The three products with the columns' output weights are linear in
-// each column, so where many columns repeat an item the step takes them once per item (by_item): the scores of an
-// item are copied out to every column holding it, and the gradients of those columns summed before the backward
-// products. With 2048 negatives drawn by popularity (sample_alpha 0.5) about half of ml-100k's 2112 columns repeat
-// an item, and the step took ~20 % less time; with 512 a fifth do, and the copies cost more than the smaller
-// products saved, so below a third the products stay per column and only the output layer's row gradients are
-// summed per item (rows_to_items).
+// each column, so where many columns repeat an item the step takes them once per item (by_item), and the loss too,
+// each item weighted by its columns (Negatives); with logQ, whose correction differs between a batch column and a
+// sampled copy of its item, the scores of an item are copied out to every column holding it and the gradients of
+// those columns summed before the backward products. With 2048 negatives drawn by popularity (sample_alpha 0.5)
+// about half of ml-100k's 2112 columns repeat an item; with 512 a fifth do, and the products by item gained nothing,
+// so below a third the products stay per column and only the output layer's row gradients are summed per item
+// (rows_to_items).
 struct ScoredItems {
   std::vector<int64_t> items;                     // in order of first column
   std::vector<int32_t> of;                        // each column's position in items
@@ -938,12 +965,19 @@ std::pair<double, Tensor> train_step(const Parameters& params, std::vector<Tenso
     for (int64_t half = begin; half < end; ++half) half == 0 ? recurrent() : scored_columns();
   });
   LAP_TIMER(FORWARD);
-  Tensor logits = scored->to_columns(at::addmm(column_bias, head, column_weights.t()));
+  // With products by item the loss is taken by item too, but for logQ, which corrects a batch column and a
+  // sampled copy of its item differently.
+  const bool loss_by_item = scored->by_item && s.logq == 0;
+  Tensor products = at::addmm(column_bias, head, column_weights.t());
+  Tensor logits = loss_by_item ? products : scored->to_columns(products);
   LAP_TIMER(SCORES);
 
-  auto [loss, grad_logits] = loss_and_gradient(logits, columns, targets, log_popularity, workspace.columns, s);
+  const Negatives negatives = loss_by_item
+      ? Negatives(scored->of, scored->count(), rows, s.remove_accidental_hits)
+      : column_negatives(column, targets.data_ptr<int64_t>(), rows, width, s.remove_accidental_hits, workspace.columns);
+  auto [loss, grad_logits] = loss_and_gradient(logits, negatives, columns, log_popularity, s);
   LAP_TIMER(LOSS);
-  const Tensor grad_products = scored->to_products(grad_logits);
+  const Tensor grad_products = loss_by_item ? grad_logits : scored->to_products(grad_logits);
   LAP_TIMER(PER_ITEM_SUMS);
   const int64_t n_products = grad_products.size(1), n_scored = scored->count();
   const int64_t* scored_item = scored->items.data();
