@@ -113,10 +113,18 @@ class GRU4RecPaper(SequentialRecommender):
         embedded = dropout(self.item_embedding(items), self.dropout_input, self.training)
         return self.input_layer(embedded)
 
-    def _step(self, items, hidden):
+    def _input_gate_table(self, events):
+        """The first layer's input gates of every item, (n_items, 3H), where reading ``events`` events takes more
+        input products than the catalog has items: evaluation with an embedding (no dropout); else None."""
+        if self.training or self.item_embedding is None or events <= self.n_items:
+            return None
+        return self.input_layer(self.item_embedding.weight)
+
+    def _step(self, items, hidden, gate_table=None):
         """Advance every GRU layer by one event. Returns the top layer's output and the new hidden states:
-        each layer's output after dropout, which is also the state it carries (as in the author's code)."""
-        gates = self._input_gates(items)
+        each layer's output after dropout, which is also the state it carries (as in the author's code).
+        ``gate_table``: the input gates of every item (_input_gate_table), read in place of the products."""
+        gates = self._input_gates(items) if gate_table is None else gate_table[items]
         new_hidden = []
         for layer, hidden_layer in enumerate(self.hidden_layers):
             output = dropout(gru_cell(gates, hidden[layer], hidden_layer, self.reset_before), self.dropout_hidden,
@@ -137,13 +145,15 @@ class GRU4RecPaper(SequentialRecommender):
     def forward(self, item_seq, item_seq_len):
         """The representation after reading each sequence from a zero state: (batch, output_size). Rows are
         read longest first, and each step runs only the rows whose sequence is still going (the top layer's
-        state, its dropped output, stays as each row's sequence ends)."""
+        state, its dropped output, stays as each row's sequence ends). In evaluation with an embedding, the input
+        gates come from one product over the catalog where that is fewer products than one per event read."""
         lengths, order = item_seq_len.sort(descending=True)
         items = item_seq[order]
         hidden = item_seq.new_zeros((self.num_layers, len(item_seq), self.hidden_size), dtype=torch.float)
+        gate_table = self._input_gate_table(int(lengths.sum()))
         for position in range(int(lengths[0])):
             going = int((lengths > position).sum())
-            _, stepped = self._step(items[:going, position], hidden[:, :going])
+            _, stepped = self._step(items[:going, position], hidden[:, :going], gate_table)
             hidden = torch.cat([stepped, hidden[:, going:]], dim=1)
         return self._head(hidden[-1][order.argsort()])
 

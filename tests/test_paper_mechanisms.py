@@ -94,6 +94,29 @@ def test_embeddings_and_feedforward_compute_the_papers_network(ml100k, options):
     torch.testing.assert_close(ours, reference_scores(model, sequence, embedding), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("options", [{"embedding_size": 24}, {"constrained_embedding": True, "ff_hidden_size": 40}])
+def test_evaluation_over_more_events_than_items_reads_the_same_network(ml100k, options):
+    # 500 sequences of 1-6 events: more events than ml-100k's 1,683 items, so the input gates of the whole catalog
+    # are taken in one product and read per event (GRU4RecPaper._input_gate_table).
+    model = model_with(ml100k, dropout_prob_hidden=0.0, gru_cell="pytorch", **options)
+    with torch.no_grad():
+        model.output_bias.uniform_(-0.1, 0.1)
+        model.input_layer.bias.uniform_(-0.1, 0.1)
+    model.eval()
+    generator = torch.Generator().manual_seed(5)
+    lengths = torch.randint(1, 7, (500,), generator=generator)
+    sequences = torch.randint(1, model.n_items, (500, 6), generator=generator)
+    sequences[torch.arange(6)[None, :] >= lengths[:, None]] = 0
+    assert int(lengths.sum()) > model.n_items and model._input_gate_table(int(lengths.sum())) is not None
+    interaction = Interaction({model.ITEM_SEQ: sequences, model.ITEM_SEQ_LEN: lengths})
+    with torch.no_grad():
+        ours = model.full_sort_predict(interaction)
+    embedding = model.item_embedding.weight
+    for row in [0, 1, 250, 499]:
+        sequence = sequences[row, : lengths[row]].tolist()
+        torch.testing.assert_close(ours[row], reference_scores(model, sequence, embedding), rtol=1e-5, atol=1e-5)
+
+
 def test_evaluation_metrics_equal_a_calculation_from_the_scores(ml100k):
     config, _, train, valid, test = ml100k
     config = copy.deepcopy(config)
