@@ -265,8 +265,8 @@ struct ColumnIndex {
 // stands for as a negative of the row, 0 where it is none. The loss's columns are the scored columns (weights 1, and
 // 0 for the row's target column and, with remove_accidental_hits, every other column holding its item), or, by item,
 // the distinct scored items: an item weighs the number of columns that hold it, and the row's target item that
-// number less its own column (remove_accidental_hits: 0). The losses are sums over the columns whose terms depend
-// on a column only through its score, so an item's gradient is the sum of its columns' gradients: taking the loss
+// number less its own column (remove_accidental_hits: 0). A column enters a row's loss only through its score, in
+// sums over the columns, so the columns of one item have one gradient and the item's is their sum: taking the loss
 // by item needs neither the copy of the scores out to the columns nor the sums of the gradients back.
 struct Negatives {
   int64_t width;
@@ -312,8 +312,8 @@ struct Negatives {
   }
 };
 
-// The Negatives of the scored columns (items ``columns``; row i's target in column i): a column holding the row's
-// target item is none of its negatives, or, without remove_accidental_hits, only the row's own column.
+// The Negatives of the scored columns (items ``columns``; row i's target in column i): the columns holding a row's
+// target item are not its negatives; without remove_accidental_hits only the row's own column is not.
 Negatives column_negatives(const int64_t* columns, const int64_t* targets, int64_t rows, int64_t width,
                            bool remove_accidental_hits, ItemSlots& slots) {
   if (remove_accidental_hits) return Negatives(columns, targets, rows, width, slots);
