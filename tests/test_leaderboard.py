@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -243,6 +244,19 @@ def run_py_process(marker):
     return None
 
 
+class SideBySide(threading.Thread):
+    """Watches /proc until stopped; ``seen`` turns true once the run.py processes of all ``markers`` were alive at
+    one moment (sampled every 50 ms, so a loaded machine that starts one late still counts)."""
+
+    def __init__(self, markers):
+        super().__init__(daemon=True)
+        self.markers, self.seen, self.stopped = markers, False, threading.Event()
+
+    def run(self):
+        while not self.seen and not self.stopped.wait(0.05):
+            self.seen = all(run_py_process(marker) for marker in self.markers)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker's process in /proc")
 def test_ray_leaderboard_survives_a_killed_worker_and_equals_the_serial_rows(tmp_path, ray_cluster):
     data = write_inter(tmp_path, "tiny", sessions_dataset_rows(random_sessions(3, users=60, items=40, min_length=10, max_length=30)))
@@ -256,22 +270,25 @@ def test_ray_leaderboard_survives_a_killed_worker_and_equals_the_serial_rows(tmp
                              "--checkpoint_dir=saved-serial"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
     assert serial.returncode == 0, serial.stderr[-3000:]
 
+    side_by_side = SideBySide(["GRU4RecPaper-a-seed2020", "GRU4RecPaper-b-seed2020"])
+    side_by_side.start()
     parallel = subprocess.Popen([sys.executable, os.path.join(REPO, "run.py"), "--leaderboard", *common, "--output_dir=ray",
                                  "--checkpoint_dir=saved-ray", "--ray_address=auto", "--cpus_per_run=1"],
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ray_cluster)
     folder = tmp_path / "saved-ray" / "tiny" / "GRU4RecPaper-a-seed2020"
     wait_for_epoch(folder, 1, parallel, timeout=600)
     run, worker = run_py_process(f"--checkpoint_dir={folder}")
-    both = [marker for marker in ("GRU4RecPaper-a-seed2020", "GRU4RecPaper-b-seed2020") if run_py_process(marker)]
     os.kill(worker, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while os.path.exists(f"/proc/{run}") and time.monotonic() < deadline:
         time.sleep(0.1)
     gone = not os.path.exists(f"/proc/{run}") or open(f"/proc/{run}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
     output, _ = parallel.communicate(timeout=900)
+    side_by_side.stopped.set()
+    side_by_side.join()
     assert parallel.returncode == 0, output[-3000:]
     assert gone, "the killed worker's run went on"
-    assert len(both) == 2, "the two entries did not train side by side"
+    assert side_by_side.seen, "the two entries did not train side by side"
     assert "GRU4RecPaper:a seed 2020 (resuming" in output  # the retried task continued from the checkpoint
 
     boards = {name: json.loads((tmp_path / name / "leaderboard-tiny.json").read_text())["rows"] for name in ("serial", "ray")}
