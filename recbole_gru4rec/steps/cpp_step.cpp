@@ -5,9 +5,8 @@
 // matrix products and the vectorised sigmoid / tanh / exp stay ATen calls; the gathers, the loss gradients,
 // the GRU backward and the Adagrad updates are plain loops; where many scored columns repeat an item, the products
 // with their weights and the loss are taken once per distinct item (ScoredItems, Negatives); and with two or more
-// intra-op threads the forward's recurrent part
-// runs beside the gather of the scored items, the backward as two independent halves side by side, the loss and
-// the row updates split by rows. The extension also draws the sampler's items (inverse_cdf).
+// intra-op threads the forward's recurrent part runs beside the gather of the scored items, the backward as two
+// independent halves side by side, the loss and the row updates split by rows. The extension also draws the sampler's items (inverse_cdf).
 // The arithmetic is the fused step's, and the dropout masks are drawn from torch's default generator in the
 // fused step's order, so both make the same updates up to float rounding (tests/test_fused_step.py).
 
