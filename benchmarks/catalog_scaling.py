@@ -111,6 +111,7 @@ def plot(report, path):
 
 
 def main():
+    """Run each catalog size (or only draw the plot of a JSON), write the JSON and its plot."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", default="10000,100000,1000000")
     parser.add_argument("--events", type=int, default=1_200_000)

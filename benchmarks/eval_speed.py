@@ -38,6 +38,7 @@ def evaluator(model_name, dataset, overrides):
 
 
 def main():
+    """Evaluate both models in turns for the rounds asked, then print each round and the medians."""
     flags, options = split_flags(sys.argv[1:], {"dataset": "ml-100k", "rounds": "7"})
     dataset, rounds = flags["dataset"], int(flags["rounds"])
     ours, evaluate_ours, users = evaluator("GRU4RecPaper", dataset, options)

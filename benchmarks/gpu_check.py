@@ -70,6 +70,7 @@ def timed_run(report, name, model, overrides, output):
 
 
 def main():
+    """Train on CPU and on GPU with each step, compare the parameters, and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="gpu_check.json")
     args = parser.parse_args()

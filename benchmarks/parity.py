@@ -151,6 +151,7 @@ def compare(ours, authors):
 
 
 def main():
+    """Train both implementations per setting and seed, then write the paired comparison."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--author_code", required=True, help="path to the author's gru4rec_pytorch.py")
     parser.add_argument("--dataset", default="ml-100k")

@@ -52,6 +52,7 @@ def differences(author_model, ours, to_ours):
 
 
 def main():
+    """Train both implementations from the same weights on the same steps and print how far apart they are."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--author_code", required=True, help="path to the author's gru4rec_pytorch.py")
     parser.add_argument("--dataset", default="ml-100k")

@@ -83,6 +83,7 @@ def cpu_times():
 
 
 def run_model(name, args, dataset, data_path, epochs, workdir):
+    """Train one model for ``epochs`` epochs in its own run.py process; returns its timings and memory."""
     result_file = os.path.join(workdir, "result.json")
     command = [sys.executable, "run.py", f"--dataset={dataset}", f"--epochs={epochs}", "--saved=False",
                f"--result_file={result_file}", *args] + ([f"--data_path={data_path}"] if data_path else [])
@@ -142,6 +143,7 @@ def ratio_summary(rows):
 
 
 def main():
+    """Train each model in its own run.py process and write the speed JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data_path", default=None, help="folder holding DATASET/DATASET.inter (default: as run.py)")

@@ -147,6 +147,7 @@ def one_round(number, author, frame, args, workdir):
 
 
 def main():
+    """Run the rounds (ours, the author's code, RecBole's GRU4Rec), then print and write the summary."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--author_code", required=True, help="path to the author's gru4rec_pytorch.py")
     parser.add_argument("--dataset", default="ml-100k")

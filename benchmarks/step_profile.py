@@ -144,6 +144,7 @@ def ab_sources(flags):
 
 
 def main():
+    """Time the step as asked (autograd against fused, two C++ builds, or the timed parts) and print it."""
     flags, options = split_flags(sys.argv[1:], {"dataset": "ml-100k", "steps": "500", "rounds": "3", "epochs": "0",
                                                 "ab": "", "ab_flags": "", "pairs": "4", "timers": "false"})
     dataset, n_steps, rounds = flags["dataset"], int(flags["steps"]), int(flags["rounds"])

@@ -44,6 +44,7 @@ def suggest(trial):
 
 
 def main():
+    """Run the hand-picked settings or the optuna search (validation metric only), each trial appended to the trials file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data_path", default=None)
