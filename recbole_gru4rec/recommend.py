@@ -18,11 +18,10 @@ import tempfile
 import torch
 import yaml
 from recbole.config import Config
-from recbole.data import create_dataset
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType
 
-from recbole_gru4rec import compat, registry
+from recbole_gru4rec import compat, pipeline, registry
 from recbole_gru4rec.errors import UsageError
 from recbole_gru4rec.session_data import user_sessions
 
@@ -67,7 +66,7 @@ class Recommender:
         data_file = os.path.join(self.config["data_path"], f"{saved['dataset']}.inter")
         if not os.path.isfile(data_file):
             raise UsageError(f"the dataset of checkpoint {checkpoint_path!r} is not found: no file {data_file}")
-        self.dataset = create_dataset(self.config)
+        self.dataset = pipeline.load_dataset(self.config)
         self.dataset.build()  # turns the loaded table into RecBole's prefix-augmented form (all events)
         self.model = model_cls(self.config, self.dataset)
         self.model.load_state_dict(checkpoint["state_dict"])

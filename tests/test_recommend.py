@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -166,3 +167,12 @@ def test_gru4recpaper_recommends_from_the_whole_history_and_sasrec_from_its_wind
         scores[0] = float("-inf")
         expected = [str(recommender.item_tokens[i]) for i in scores.topk(5).indices.tolist()]
         assert [r["item_id"] for r in recommender.for_user(str(user), topk=5, exclude_seen=False)] == expected, model
+
+
+def test_loading_a_checkpoint_does_not_print_pandas_fillna_warning(trained):
+    """The dataset load behind a recommendation hides pandas 2's fillna warning, as training does (compat)."""
+    _, _, checkpoints = trained
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Recommender(checkpoints["GRU4RecPaper"])
+    assert [str(w.message)[:60] for w in caught if "chained assignment" in str(w.message)] == []
