@@ -2,6 +2,7 @@
 
 Each finished trial is appended as one JSON line to the trials file, so a killed search loses nothing
 and a rerun continues from the trials already there. The test split is never looked at here.
+Needs optuna, which the test extra leaves out: ``pip install -e ".[tune]"``.
 ``--settings=FILE`` evaluates hand-picked settings instead (one JSON object of options per line), in order.
 
     python benchmarks/tune.py --dataset=ml-100k --trials=8 --epochs=15 --stopping_step=3
