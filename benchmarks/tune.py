@@ -2,8 +2,9 @@
 
 Each finished trial is appended as one JSON line to the trials file, so a killed search loses nothing
 and a rerun continues from the trials already there. The test split is never looked at here.
-Needs optuna, which the test extra leaves out: ``pip install -e ".[tune]"``.
-``--settings=FILE`` evaluates hand-picked settings instead (one JSON object of options per line), in order.
+The search needs optuna, which the test extra leaves out: ``pip install -e ".[tune]"``.
+``--settings=FILE`` evaluates hand-picked settings instead (one JSON object of options per line), in order;
+it runs without optuna.
 
     python benchmarks/tune.py --dataset=ml-100k --trials=8 --epochs=15 --stopping_step=3
     python benchmarks/tune.py --dataset=ml-100k --settings=benchmarks/settings-ml-100k.jsonl --trials_file=...
@@ -13,8 +14,6 @@ import argparse
 import json
 import os
 import sys
-
-import optuna
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_gru4rec import pipeline  # noqa: E402
@@ -66,6 +65,12 @@ def main():
                     append(trials_file, record)
                     print(f"valid ndcg@10 {record['valid_ndcg@10']:.4f} {options}", flush=True)
         return
+    search(args, trials_file)
+
+
+def search(args, trials_file):
+    """The optuna TPE search, continued from the trials already in the trials file."""
+    import optuna  # here, not at the top: hand-picked --settings rounds need no optuna
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
     done = []
@@ -107,6 +112,8 @@ def append(trials_file, record):
 
 
 def _distributions():
+    import optuna
+
     distributions = {name: optuna.distributions.CategoricalDistribution(values) for name, values in SPACE.items()}
     distributions["learning_rate"] = optuna.distributions.FloatDistribution(*LEARNING_RATE, log=True)
     return distributions
