@@ -1,0 +1,83 @@
+"""Where a trained model's NDCG@10 falls along each user's sequence: test, validation, and in-sample targets.
+
+Reads a checkpoint saved by a run (RecBole's ``load_data_and_model``: the same data, split and model) and scores
+the test target, the validation target, and the training targets k steps before the validation one (the model
+was trained on those: in-sample), each from the context RecBole's evaluation gives it. It also counts how many of
+the top 10 are items the user already rated: RecBole's sequential evaluation does not mask them, and a
+MovieLens user rates each movie once, so each is a wasted slot. Written to look into the validation-to-test
+drop of NDCG@10 that differs between models on ml-1m-u2999 (README, "Leaderboard").
+
+    python benchmarks/position_gap.py saved/GRU4RecPaper-....pth --steps_back=1,2,5
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+from recbole.quick_start import load_data_and_model
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from recbole_gru4rec.session_data import user_sessions  # noqa: E402  (importing the package registers the plugin)
+
+TOP = 10
+
+
+def step_back(seq, lengths, steps):
+    """The rows with their last ``steps`` context items removed, and the item removed last (the new target)."""
+    seq, target = seq.clone(), None
+    rows = torch.arange(len(seq))
+    for _ in range(steps):
+        lengths = lengths - 1
+        target = seq[rows, lengths].clone()
+        seq[rows, lengths] = 0
+    return seq, lengths, target
+
+
+def evaluate(model, loader, seen_of_user, steps_back=0):
+    """Mean NDCG@10 and mean count of already-rated items in the top 10, over the rows with a context left."""
+    ndcgs, seen_counts = [], []
+    model.eval()
+    with torch.no_grad():
+        for interaction, _, _, targets in loader:
+            seq, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
+            if steps_back:
+                seq, lengths, targets = step_back(seq, lengths, steps_back)
+            interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN] = seq, lengths
+            scores = model.full_sort_predict(interaction).view(len(seq), -1)
+            scores[:, 0] = -np.inf  # the padding item, as RecBole's evaluation
+            rows = torch.arange(len(seq))
+            ranks = (scores > scores[rows, targets][:, None]).sum(1)
+            top = scores.topk(TOP).indices
+            for row, user in enumerate(interaction[model.USER_ID].tolist()):
+                if lengths[row] < 1:
+                    continue
+                rank = int(ranks[row])
+                ndcgs.append(1.0 / np.log2(rank + 2) if rank < TOP else 0.0)
+                rated = seen_of_user.get(user, set()) | set(seq[row, : lengths[row]].tolist())
+                seen_counts.append(len(rated & set(top[row].tolist())))
+    return float(np.mean(ndcgs)), float(np.mean(seen_counts))
+
+
+def main():
+    """Print NDCG@10 and already-rated items in the top 10 at each position of the sequence."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a model file saved by a run (checkpoint_dir)")
+    parser.add_argument("--steps_back", default="1,2,5", help="in-sample targets: steps before the validation target")
+    args = parser.parse_args()
+    _, model, _, train_data, valid_data, test_data = load_data_and_model(args.checkpoint)
+    sessions = user_sessions(train_data._dataset)
+    # Training items only: a row's own context adds what came after (the validation item, for test rows).
+    seen_of_user = {user: set(sessions.session(index).tolist()) for user, index in sessions.index_of_user.items()}
+    positions = [("test", test_data, 0), ("validation", valid_data, 0)]
+    positions += [(f"training, {k} before validation", valid_data, k) for k in map(int, args.steps_back.split(","))]
+    print(f"{os.path.basename(args.checkpoint)}")
+    print(f"| target | NDCG@{TOP} | already-rated items in the top {TOP} |\n|---|---:|---:|")
+    for name, loader, steps in positions:
+        ndcg, seen = evaluate(model, loader, seen_of_user, steps)
+        print(f"| {name} | {ndcg:.4f} | {seen:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
