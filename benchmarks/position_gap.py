@@ -36,13 +36,16 @@ def step_back(seq, lengths, steps):
 
 
 def evaluate(model, loader, seen_of_user, steps_back=0):
-    """Mean NDCG@10 and mean count of already-rated items in the top 10, over the rows with a context left."""
+    """Mean NDCG@10 and mean count of already-rated items in the top 10, over every row of ``loader``."""
     ndcgs, seen_counts = [], []
     model.eval()
     with torch.no_grad():
         for interaction, _, _, targets in loader:
             seq, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
             if steps_back:
+                if int(lengths.min()) <= steps_back:
+                    raise SystemExit(f"--steps_back={steps_back}: a user has only {int(lengths.min())} context items; "
+                                     "use fewer steps")
                 seq, lengths, targets = step_back(seq, lengths, steps_back)
             interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN] = seq, lengths
             scores = model.full_sort_predict(interaction).view(len(seq), -1)
@@ -51,8 +54,6 @@ def evaluate(model, loader, seen_of_user, steps_back=0):
             ranks = (scores > scores[rows, targets][:, None]).sum(1)
             top = scores.topk(TOP).indices
             for row, user in enumerate(interaction[model.USER_ID].tolist()):
-                if lengths[row] < 1:
-                    continue
                 rank = int(ranks[row])
                 ndcgs.append(1.0 / np.log2(rank + 2) if rank < TOP else 0.0)
                 rated = seen_of_user.get(user, set()) | set(seq[row, : lengths[row]].tolist())
