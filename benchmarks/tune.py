@@ -73,13 +73,14 @@ def search(args, trials_file):
     import optuna  # here, not at the top: hand-picked --settings rounds need no optuna
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
+    distributions = search_space(optuna)
     done = []
     if os.path.exists(trials_file):
         with open(trials_file, encoding="utf-8") as f:
             done = [json.loads(line) for line in f if line.strip()]
     for record in done:
         study.add_trial(optuna.trial.create_trial(
-            params=record["params"], distributions=_distributions(), value=record["valid_ndcg@10"]))
+            params=record["params"], distributions=distributions, value=record["valid_ndcg@10"]))
 
     def objective(trial):
         options = suggest(trial)
@@ -111,9 +112,8 @@ def append(trials_file, record):
         f.write(json.dumps(record) + "\n")
 
 
-def _distributions():
-    import optuna
-
+def search_space(optuna):
+    """The search space as optuna distributions, to replay finished trials into a new study."""
     distributions = {name: optuna.distributions.CategoricalDistribution(values) for name, values in SPACE.items()}
     distributions["learning_rate"] = optuna.distributions.FloatDistribution(*LEARNING_RATE, log=True)
     return distributions
