@@ -5,13 +5,16 @@ seconds (MovieLens' dates) float32 steps are 64 seconds apart, and ``order: TO``
 one user within one step keep their order in the data file. This script builds the dataset as every run does
 (``pipeline.build_config`` and the protocol's split), puts each user's events in RecBole's order (training,
 validation, test), and compares it with the exact timestamps read from the ``.inter`` file. Accuracy only, no
-training; it needs each (user, item) pair once, as MovieLens has.
+training; it needs each (user, item) pair once, as MovieLens has. ``--sorted_copy=DIR`` also writes the dataset
+with its ``.inter`` rows sorted by their exact timestamp: RecBole's stable sort keeps that order within a
+float32 step, so runs with ``--data_path=DIR`` see each user's events in exact time order.
 
-    python benchmarks/time_order.py --dataset=ml-1m-u2999
+    python benchmarks/time_order.py --dataset=ml-1m-u2999 [--sorted_copy=/tmp/ml-1m-u2999-sorted]
 """
 
 import argparse
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -47,14 +50,33 @@ def exact_times(config):
     return frame
 
 
+def write_sorted_copy(config, folder):
+    """Copy the dataset's atomic files into ``folder``/DATASET, the ``.inter`` rows sorted by exact timestamp."""
+    source, name = config["data_path"], config["dataset"]
+    target = os.path.join(folder, name)
+    os.makedirs(target, exist_ok=True)
+    for file in os.listdir(source):
+        if file.startswith(f"{name}.") and file != f"{name}.inter":
+            shutil.copyfile(os.path.join(source, file), os.path.join(target, file))
+    frame = pd.read_csv(os.path.join(source, f"{name}.inter"), sep=config["field_separator"], dtype=str)
+    time_column = next(column for column in frame.columns if column.split(":")[0] == config["TIME_FIELD"])
+    frame = frame.sort_values(time_column, key=lambda column: column.astype(np.float64), kind="stable")
+    frame.to_csv(os.path.join(target, f"{name}.inter"), sep=config["field_separator"], index=False)
+    print(f"wrote {target}: use --data_path={folder}")
+
+
 def main():
     """Print how RecBole's order of each user's events departs from their exact time order."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data_path", default=None)
+    parser.add_argument("--sorted_copy", default=None, help="a folder to write the dataset sorted by exact time into")
     args = parser.parse_args()
     overrides = {"state": "WARNING", **({"data_path": args.data_path} if args.data_path else {})}
     config = pipeline.build_config("Pop", args.dataset, overrides=overrides)
+    copy_folder = args.sorted_copy and os.path.abspath(os.path.join(args.sorted_copy, args.dataset))
+    if copy_folder == os.path.abspath(config["data_path"]):
+        raise SystemExit(f"--sorted_copy={args.sorted_copy}: the dataset is read from there; choose another folder")
     events = recbole_order(config, pipeline.load_dataset(config)).merge(exact_times(config), on=["user", "item"],
                                                                         how="left", validate="one_to_one")
     same_user = events["user"].to_numpy()[1:] == events["user"].to_numpy()[:-1]
@@ -66,12 +88,15 @@ def main():
     print(f"{args.dataset}: {len(events)} events of {events['user'].nunique()} users; stored timestamps are "
           f"{stored.dtype}, {np.spacing(np.float32(exact.max())):g} s apart at the latest time")
     print(f"consecutive events out of exact time order: {np.mean(exact[1:][same_user] < exact[:-1][same_user]):.1%}")
-    print(f"consecutive events with the same stored / exact timestamp: {np.mean(stored[1:][same_user] == stored[:-1][same_user]):.1%}"
-          f" / {np.mean(exact[1:][same_user] == exact[:-1][same_user]):.1%}")
+    print(f"consecutive events with the same stored / exact timestamp: "
+          f"{np.mean(stored[1:][same_user] == stored[:-1][same_user]):.1%} / "
+          f"{np.mean(exact[1:][same_user] == exact[:-1][same_user]):.1%}")
     print(f"users whose test item is not one of their latest (exact) timestamp: "
           f"{np.mean(last['exact_time'].to_numpy() != latest.loc[last['user']].to_numpy()):.1%}")
     print(f"test items with the same stored / exact timestamp as the item before: {tied_last.mean():.1%} / "
           f"{tied_last_exact.mean():.1%}")
+    if args.sorted_copy:
+        write_sorted_copy(config, args.sorted_copy)
 
 
 if __name__ == "__main__":
