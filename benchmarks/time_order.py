@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_gru4rec import pipeline  # noqa: E402
 
 
-def recbole_order(config, dataset):
+def recbole_order(dataset):
     """Every event as (user token, item token, stored timestamp), each user's in RecBole's order."""
     user, item, time = dataset.uid_field, dataset.iid_field, dataset.time_field
     parts = []
@@ -77,8 +77,9 @@ def main():
     copy_folder = args.sorted_copy and os.path.abspath(os.path.join(args.sorted_copy, args.dataset))
     if copy_folder == os.path.abspath(config["data_path"]):
         raise SystemExit(f"--sorted_copy={args.sorted_copy}: the dataset is read from there; choose another folder")
-    events = recbole_order(config, pipeline.load_dataset(config)).merge(exact_times(config), on=["user", "item"],
-                                                                        how="left", validate="one_to_one")
+    exact_file = exact_times(config)  # first: its one-line error comes before the dataset is built
+    events = recbole_order(pipeline.load_dataset(config)).merge(exact_file, on=["user", "item"], how="left",
+                                                                validate="one_to_one")
     same_user = events["user"].to_numpy()[1:] == events["user"].to_numpy()[:-1]
     exact, stored = events["exact_time"].to_numpy(), events["stored_time"].to_numpy()
     last = events.groupby("user").tail(1)
@@ -91,7 +92,7 @@ def main():
     print(f"consecutive events with the same stored / exact timestamp: "
           f"{np.mean(stored[1:][same_user] == stored[:-1][same_user]):.1%} / "
           f"{np.mean(exact[1:][same_user] == exact[:-1][same_user]):.1%}")
-    print(f"users whose test item is not one of their latest (exact) timestamp: "
+    print(f"users whose test item is not among those of their latest exact timestamp: "
           f"{np.mean(last['exact_time'].to_numpy() != latest.loc[last['user']].to_numpy()):.1%}")
     print(f"test items with the same stored / exact timestamp as the item before: {tied_last.mean():.1%} / "
           f"{tied_last_exact.mean():.1%}")
