@@ -17,7 +17,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_gru4rec import evaluation, pipeline  # noqa: E402
-from recbole_gru4rec.leaderboard.report import TABLE_METRICS, Leaderboard, grouped, reference_entry  # noqa: E402
+from recbole_gru4rec.leaderboard.report import (  # noqa: E402
+    TABLE_METRICS, Leaderboard, grouped, per_user_metrics, reference_entry)
 
 
 def tied_test_targets(dataset_name, data_path):
@@ -35,9 +36,9 @@ def tied_test_targets(dataset_name, data_path):
     return {user: user in valid_times and time == valid_times[user] for user, time in test_times.items()}
 
 
-def seed_means(board, runs):
-    """An entry's per-user test metrics, each averaged over its seeds: ``(users, {metric: values})``."""
-    loaded = [evaluation.load(os.path.join(board.folder, run["per_user_file"])) for run in runs]
+def seed_means(loaded):
+    """An entry's per-user test metrics (its runs' files, loaded), each averaged over its seeds:
+    ``(users, {metric: values})``."""
     means = {metric: evaluation.seed_mean(loaded, metric) for metric in TABLE_METRICS}
     users = next(iter(means.values()))[0]
     return users, {metric: values for metric, (_, values) in means.items()}
@@ -59,18 +60,20 @@ def main():
     for metric in metrics:
         if metric not in TABLE_METRICS:
             raise SystemExit(f"--metrics: {metric!r} is not one of {', '.join(TABLE_METRICS)}")
+    loaded = {}
     for key in [reference, *entries]:
         if key not in groups:
             raise SystemExit(f"--entries: {key!r} is not an entry of {board.json_file} ({', '.join(groups)})")
-        if any(not run.get("per_user_file") for run in groups[key]):
+        loaded[key] = per_user_metrics(groups[key], board.folder)
+        if loaded[key] is None:
             raise SystemExit(f"{key}: a run has no per-user file, so it cannot be paired")
     tied_of_user = tied_test_targets(args.dataset, args.data_path)
-    reference_users, reference_values = seed_means(board, groups[reference])
+    reference_users, reference_values = seed_means(loaded[reference])
     tied = np.array([tied_of_user[str(user)] for user in reference_users])
     print(f"reference: {reference}; test targets tied with the item before: {tied.mean():.1%} of {len(tied)}")
     print("| entry | metric | all | tied | untied |\n|---|---|---:|---:|---:|")
     for key in entries:
-        users, values = seed_means(board, groups[key])
+        users, values = seed_means(loaded[key])
         if list(users) != list(reference_users):
             raise SystemExit(f"{key} and {reference} were tested on different users")
         for metric in metrics:

@@ -113,6 +113,16 @@ def reference_entry(header, groups):
     return max(candidates, key=lambda key: sign * mean_and_sd([run["best_valid_result"].get(metric) for run in candidates[key]])[0])
 
 
+def per_user_metrics(runs, folder):
+    """Each run's per-user test metrics, ``(users, {metric: values})``, or None if a run lacks its file."""
+    from recbole_gru4rec import evaluation  # numpy and RecBole's evaluator: only when per-user files are read
+
+    paths = [os.path.join(folder, run["per_user_file"]) for run in runs if run.get("per_user_file")]
+    if len(paths) != len(runs) or not all(map(os.path.isfile, paths)):
+        return None
+    return [evaluation.load(path) for path in paths]
+
+
 def paired_comparisons(header, rows, folder):
     """Each entry against the reference entry, per metric: a paired t-test over users of each user's metric
     averaged over the entry's seeds. ``{"reference": key, "tests": {key: {metric: test}}}``; an entry with a
@@ -125,15 +135,11 @@ def paired_comparisons(header, rows, folder):
 
     from recbole_gru4rec import evaluation  # numpy, scipy and RecBole's evaluator: only when a table is written
 
-    def user_runs(runs):
-        paths = [os.path.join(folder, run["per_user_file"]) for run in runs if run.get("per_user_file")]
-        return [evaluation.load(path) for path in paths] if len(paths) == len(runs) and all(map(os.path.isfile, paths)) else None
-
-    reference_runs = user_runs(groups[reference])
+    reference_runs = per_user_metrics(groups[reference], folder)
     if reference_runs is None:
         return comparisons
     for key, runs in groups.items():
-        loaded = user_runs(runs) if key != reference else None
+        loaded = per_user_metrics(runs, folder) if key != reference else None
         if loaded is None:
             continue
         tests = {}
