@@ -19,7 +19,7 @@ from recbole.utils import init_logger, init_seed
 
 from recbole_gru4rec import checks, compat, evaluation, options, registry
 from recbole_gru4rec.errors import UsageError
-from recbole_gru4rec.run_control import with_run_control
+from recbole_gru4rec.run_control import best_checkpoint_beside, with_run_control
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
 PROTOCOL_FILE = os.path.join(CONFIG_DIR, "sequential.yaml")
@@ -104,6 +104,10 @@ def check_resume(config, checkpoint_path):
                 f"--resume={checkpoint_path}: the checkpoint was trained with {key}={trained.get(key)!r}, "
                 f"this command gives {current.get(key)!r}; repeat the original command line"
             )
+    best = best_checkpoint_beside(checkpoint_path, checkpoint)
+    if checkpoint["best_valid_result"] is not None and not os.path.isfile(best):
+        raise UsageError(f"--resume={checkpoint_path}: the best model's checkpoint {os.path.basename(best)} is not "
+                         f"beside it; copy the run's checkpoint folder whole")
     return checkpoint
 
 

@@ -34,6 +34,15 @@ def last_checkpoint_path(best_checkpoint_path):
     return f"{root}-last{extension}"
 
 
+def best_checkpoint_beside(last_file, checkpoint):
+    """The best model's checkpoint of the run whose ``last`` checkpoint ``checkpoint`` was read from ``last_file``.
+
+    The two are written side by side and only the name is recorded, so a folder that was moved, restored or is
+    mounted at another path on another machine resumes where it now is.
+    """
+    return os.path.join(os.path.dirname(os.path.abspath(last_file)), os.path.basename(checkpoint["best_checkpoint"]))
+
+
 class _TimeBudgetReached(Exception):
     """Raised at the start of an epoch once the time budget is spent: it leaves the trainer's own loop."""
 
@@ -124,7 +133,7 @@ class RunControl(SafeCheckpoints):
     def _save_last(self, epoch):
         state = self._checkpoint_state(epoch, kind="last")
         state.update(
-            best_checkpoint=self.saved_model_file,
+            best_checkpoint=os.path.basename(self.saved_model_file),
             best_valid_result=None if self.best_valid_result is None else {k: float(v) for k, v in self.best_valid_result.items()},
             train_loss_dict={int(k): float(v) for k, v in self.train_loss_dict.items()},
             epoch_seconds=list(self.epoch_seconds),
@@ -145,7 +154,7 @@ class RunControl(SafeCheckpoints):
         self.train_loss_dict = dict(checkpoint["train_loss_dict"])
         self.epoch_seconds = list(checkpoint["epoch_seconds"])
         self.fit_seconds = checkpoint["fit_seconds"]
-        self.saved_model_file = checkpoint["best_checkpoint"]
+        self.saved_model_file = best_checkpoint_beside(resume_file, checkpoint)
         self.last_checkpoint_file = str(resume_file)
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 

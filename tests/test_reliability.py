@@ -1,6 +1,7 @@
 """Runs that die lose nothing, one seed gives one result, and bad numbers or options stop a run in one line."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -54,8 +55,12 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(model, extra, step,
         with pytest.raises(TrainingInterrupted) as stopped:
             run(model, small, tmp_path / "cut", saved=True, **extra)
     assert stopped.value.epoch == 2 and torch.load(stopped.value.checkpoint, weights_only=True)["epoch"] == 1
-    resumed = pipeline.run(model, "small", overrides=settings(small, tmp_path / "cut", **extra), resume=stopped.value.checkpoint)
-    assert resumed["test_result"] == whole["test_result"]
+    # resumed from another folder (a restored copy, another machine's mount): it carries on there
+    (tmp_path / "cut").rename(tmp_path / "moved")
+    last = str(tmp_path / "moved" / os.path.basename(stopped.value.checkpoint))
+    resumed = pipeline.run(model, "small", overrides=settings(small, tmp_path / "moved", **extra), resume=last)
+    assert resumed["test_result"] == whole["test_result"] and not (tmp_path / "cut").exists()
+    assert os.path.dirname(resumed["checkpoint"]) == str(tmp_path / "moved")
     assert resumed["train_loss_per_epoch"] == whole["train_loss_per_epoch"] and resumed["epochs"] == whole["epochs"] == 5
 
 
@@ -152,6 +157,10 @@ def test_resume_refuses_another_config_and_a_best_checkpoint(small, tmp_path):
     moved = dict(overrides, checkpoint_dir=str(tmp_path / "elsewhere"))
     assert pipeline.check_resume(pipeline.build_config("GRU4RecPaper", "small", overrides=moved),
                                  result["last_checkpoint"])["epoch"] == 0
+    # a last checkpoint copied without the best model's checkpoint beside it cannot finish the run (its test)
+    os.remove(result["checkpoint"])
+    with pytest.raises(UsageError, match=r"--resume=.*-last\.pth: the best model's checkpoint .* is not beside it"):
+        pipeline.run("GRU4RecPaper", "small", overrides=overrides, resume=result["last_checkpoint"])
 
 
 def test_a_kill_while_saving_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
