@@ -25,7 +25,7 @@ from recbole_gru4rec.leaderboard.report import (  # noqa: E402
 GROUPINGS = ("tie", "history", "target_popularity")
 
 
-def test_user_groups(dataset_name, data_path, by):
+def groups_of_test_users(dataset_name, data_path, by):
     """``({user token: group name}, group names in order)`` of the test users, grouped ``by`` one of :data:`GROUPINGS`."""
     overrides = {"state": "WARNING", **({"data_path": data_path} if data_path else {})}
     dataset = pipeline.load_dataset(pipeline.build_config("Pop", dataset_name, overrides=overrides))
@@ -81,7 +81,7 @@ def main():
         loaded[key] = per_user_metrics(groups[key], board.folder)
         if loaded[key] is None:
             raise SystemExit(f"{key}: a run has no per-user file, so it cannot be paired")
-    group_of_user, names = test_user_groups(args.dataset, args.data_path, args.by)
+    group_of_user, names = groups_of_test_users(args.dataset, args.data_path, args.by)
     reference_users, reference_values = seed_means(loaded[reference])
     groups_of_users = np.array([group_of_user[str(user)] for user in reference_users])
     masks = [np.ones(len(groups_of_users), dtype=bool)] + [groups_of_users == name for name in names]
