@@ -27,8 +27,7 @@ GROUPINGS = ("tie", "history", "target_popularity")
 
 def groups_of_test_users(dataset_name, data_path, by):
     """``({user token: group name}, group names in order)`` of the test users, grouped ``by`` one of :data:`GROUPINGS`."""
-    overrides = {"state": "WARNING", **({"data_path": data_path} if data_path else {})}
-    dataset = pipeline.load_dataset(pipeline.build_config("Pop", dataset_name, overrides=overrides))
+    dataset = pipeline.load_dataset(pipeline.data_only_config(dataset_name, data_path))
     train, valid, test = dataset.build()
     user_ids = test.inter_feat[dataset.uid_field].numpy()
     users = dataset.id2token(dataset.uid_field, user_ids)

@@ -3,7 +3,7 @@
 RecBole 1.2.1 stores float fields, timestamps included, as float32 (RecBole issues #1653, #2204): near 10^9
 seconds (MovieLens' dates) float32 steps are 64 seconds apart, and ``order: TO`` sorts stably, so the events of
 one user within one step keep their order in the data file. This script builds the dataset as every run does
-(``pipeline.build_config`` and the protocol's split), puts each user's events in RecBole's order (training,
+(``pipeline.data_only_config`` and the protocol's split), puts each user's events in RecBole's order (training,
 validation, test), and compares it with the exact timestamps read from the ``.inter`` file. Accuracy only, no
 training; it needs each (user, item) pair once, as MovieLens has. ``--sorted_copy=DIR`` also writes the dataset
 with its ``.inter`` rows sorted by their exact timestamp: RecBole's stable sort keeps that order within a
@@ -72,8 +72,7 @@ def main():
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--sorted_copy", default=None, help="a folder to write the dataset sorted by exact time into")
     args = parser.parse_args()
-    overrides = {"state": "WARNING", **({"data_path": args.data_path} if args.data_path else {})}
-    config = pipeline.build_config("Pop", args.dataset, overrides=overrides)
+    config = pipeline.data_only_config(args.dataset, args.data_path)
     copy_folder = args.sorted_copy and os.path.abspath(os.path.join(args.sorted_copy, args.dataset))
     if copy_folder == os.path.abspath(config["data_path"]):
         raise SystemExit(f"--sorted_copy={args.sorted_copy}: the dataset is read from there; choose another folder")
