@@ -69,7 +69,7 @@ def build_config(model="GRU4RecPaper", dataset="ml-100k", config_files=(), overr
 
 
 def data_only_config(dataset, data_path=None):
-    """The protocol's config for ``dataset`` under a model that trains nothing (Pop), for scripts that only read data."""
+    """The protocol's config for ``dataset`` under RecBole's Pop (no model options), for scripts that only read data."""
     overrides = {"state": "WARNING", **({"data_path": data_path} if data_path else {})}
     return build_config("Pop", dataset, overrides=overrides)
 
