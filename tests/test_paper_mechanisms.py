@@ -259,3 +259,35 @@ def test_the_output_bias_moves_only_where_a_step_scores_as_the_authors_sparse_bi
     assert biases[0][3].item() == pytest.approx(-0.1 * gradient / (gradient ** 2 + 1e-6) ** 0.5, rel=1e-5)
     assert biases[1][3] == biases[0][3] and biases[1][4] == biases[0][4] and biases[1][7] != 0
     assert torch.count_nonzero(biases[1]) == 4  # items 3, 4, 7, 8 only
+
+
+def test_a_steps_gradient_stops_at_the_carried_state_as_the_authors(ml100k):
+    # The author's training loop detaches the hidden state before every step (gru4rec_pytorch.py), so a step's
+    # loss trains the weights through that step alone. Hand-made case: step 1 reads items 1-4, step 2 items
+    # 11-14 from the carried state; only through time could step 2's loss reach the input rows of items 1-4.
+    from recbole_gru4rec.session_data import CARRY_FIELD, INPUT_FIELD
+    from recbole_gru4rec.steps.autograd import session_loss
+    from recbole_gru4rec.steps.state import SessionState
+
+    model = model_with(ml100k, dropout_prob_hidden=0.0)
+    state = SessionState(model)
+    first, second = torch.arange(1, 5), torch.arange(11, 15)
+
+    def step(items, carry):
+        return Interaction({INPUT_FIELD: items, CARRY_FIELD: torch.full((4,), carry), model.POS_ITEM_ID: items + 20})
+
+    session_loss(model, state, step(first, 0.0))
+    model.zero_grad()
+    session_loss(model, state, step(second, 1.0)).backward()
+    truncated = model.input_layer.weight.grad.to_dense()
+    assert torch.count_nonzero(truncated[first]) == 0 and torch.count_nonzero(truncated[second]) > 0
+
+    # The same two steps back-propagated through time do reach them: the check above can tell the two apart.
+    model.zero_grad()
+    _, carried = model.session_step(first, torch.zeros(1, 4, model.hidden_size))
+    output, _ = model.session_step(second, carried)
+    columns = model.negatives.columns(second + 20)
+    model.loss_of_logits(model.logits(output, columns), columns, second + 20).backward()
+    through_time = model.input_layer.weight.grad.to_dense()
+    assert torch.count_nonzero(through_time[first]) > 0
+    torch.testing.assert_close(through_time[second], truncated[second])  # and step 2's own rows alike
