@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, random_sessions, sessions_dataset_rows, wait_for_epoch, write_inter
 from recbole_gru4rec import evaluation
 from recbole_gru4rec.cli import main
-from recbole_gru4rec.leaderboard.report import TABLE_METRICS, label_offsets, markdown, paired_comparisons
+from recbole_gru4rec.leaderboard.report import TABLE_METRICS, markdown, paired_comparisons
 
 
 def leaderboard(cwd, *args):
@@ -212,10 +212,29 @@ def test_an_entry_of_two_config_files_merges_them_in_order():
     assert config["seed"] == 2021 and config["checkpoint_dir"].endswith("GRU4RecPaper-tuned-ml-100k+eval-history-full-seed2021")
 
 
-def test_labels_of_neighbouring_points_go_below_them():
-    # NARM and SASRec on ml-1m-u2999: near in time and in NDCG@10, so the lower one's label goes below it
-    points = [(2895.0, 0.1113), (3090.0, 0.1087), (929.0, 0.1466), (0.7, 0.0162), (2860.0, 0.1332)]
-    assert label_offsets(points) == [(6, 4), (6, -11), (6, 4), (6, 4), (6, 4)]
+def test_the_plot_names_each_entry_once_best_first_with_its_seeds_mean_and_budgeted_ones_hollow():
+    from recbole_gru4rec.leaderboard.report import accuracy_against_time
+
+    def row(model, config_name, ndcg, seconds, stopped_by="early_stopping"):
+        return {"model": model, "config_name": config_name, "stopped_by": stopped_by, "train_seconds_total": seconds,
+                "test_result": {"ndcg@10": ndcg}}
+
+    # NARM and SASRec lie close in both axes (ml-1m-u2999's budgeted rows), where beside-the-point labels overlapped.
+    rows = [row("NARM", "default", 0.1113, 2895.0), row("SASRec", "default", 0.1087, 3090.0, "time_budget"),
+            row("GRU4RecPaper", "tuned", 0.14, 900.0), row("Pop", "default", 0.0162, 0.7),
+            row("GRU4RecPaper", "tuned", 0.16, 950.0)]
+    figure = accuracy_against_time({"dataset": "d", "machine": {"cpu_cores": 2, "gpu": None}}, rows)
+    axes = figure.axes[0]
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == [
+        "GRU4RecPaper (tuned)", "NARM", "SASRec [time budget]", "Pop"]
+    points = {container.get_label(): container.lines[0] for container in axes.containers}
+    assert list(points["GRU4RecPaper (tuned)"].get_xdata()) == [925.0]
+    assert list(points["GRU4RecPaper (tuned)"].get_ydata()) == pytest.approx([0.15])
+    error_bar = axes.containers[0].lines[2][0].get_segments()[0]  # from mean - sd to mean + sd, sd of 0.14 and 0.16
+    assert [y for _, y in error_bar] == pytest.approx([0.15 - 0.02 / 2 ** 0.5, 0.15 + 0.02 / 2 ** 0.5])
+    hollow = [label for label, line in points.items() if line.get_markerfacecolor() == "none"]
+    assert hollow == ["SASRec [time budget]"]
+    assert len({line.get_color() for line in points.values()}) == 4
 
 
 def test_the_report_imports_no_model_or_training_code():

@@ -227,26 +227,9 @@ def markdown(header, rows, comparisons=None):
     return "\n".join(lines) + "\n"
 
 
-def label_offsets(points):
-    """Where each point's label goes, in offset points: above right of the point, or below right of it when a
-    point above it and near it in time has its label there already (two labels would overlap)."""
-    finite = [y for _, y in points if math.isfinite(y)]
-    near_in_y = 0.05 * ((max(finite) - min(finite)) if finite else 0.0)
-    offsets = [(6, 4)] * len(points)
-    placed_above = []
-    for index in sorted(range(len(points)), key=lambda i: -points[i][1] if math.isfinite(points[i][1]) else 0.0):
-        x, y = points[index]
-        if any(abs(math.log10(x / other_x)) < 0.6 and 0 <= other_y - y < near_in_y for other_x, other_y in placed_above):
-            offsets[index] = (6, -11)
-        else:
-            placed_above.append((x, y))
-    return offsets
-
-
 def plot(header, rows, path):
-    """Mean test NDCG@10 against mean total training time, one point per entry with the seeds' standard
-    deviation as an error bar; entries stopped by a time budget drawn hollow.
-    Without matplotlib installed, no plot is drawn and the log says so once."""
+    """Draw :func:`accuracy_against_time` into ``path``; without matplotlib installed, no plot is drawn and the log
+    says so once."""
     try:
         import matplotlib
     except ImportError:
@@ -256,25 +239,32 @@ def plot(header, rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure = accuracy_against_time(header, rows)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def accuracy_against_time(header, rows):
+    """A figure of mean test NDCG@10 against mean total training time: one marker per entry with the seeds'
+    standard deviation as an error bar, named in a legend ordered by that NDCG@10 (labels beside the points would
+    overlap where entries lie close); entries stopped by a time budget drawn hollow."""
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    groups = list(grouped(rows).values())
-    points = [(max(mean_and_sd([run["train_seconds_total"] for run in runs])[0], 1e-3), test_mean(runs, "ndcg@10"))
-              for runs in groups]
-    for runs, (x, y), offset in zip(groups, points, label_offsets(points)):
+    groups = sorted(grouped(rows).values(), key=lambda runs: -(test_mean(runs, "ndcg@10") or 0.0))
+    for index, runs in enumerate(groups):
+        seconds = max(mean_and_sd([run["train_seconds_total"] for run in runs])[0], 1e-3)
+        mean, spread = mean_and_sd([run["test_result"].get("ndcg@10") for run in runs])
+        color, marker = f"C{index % 10}", "osD^vP"[index // 10 % 6]
         budgeted = any(run["stopped_by"] == "time_budget" for run in runs)
-        spread = mean_and_sd([run["test_result"].get("ndcg@10") for run in runs])[1]
-        axes.errorbar([x], [y], yerr=None if spread is None else [spread], fmt="o", markersize=7, capsize=3,
-                      color="C0", markerfacecolor="none" if budgeted else "C0")
-        axes.annotate(_label(runs), (x, y), textcoords="offset points", xytext=offset, fontsize=8)
+        axes.errorbar([seconds], [mean], yerr=None if spread is None else [spread], fmt=marker, markersize=7,
+                      capsize=3, color=color, markerfacecolor="none" if budgeted else color, label=_label(runs))
     axes.set_xscale("log")
-    left, right = axes.get_xlim()
-    axes.set_xlim(left, right * 6)  # room for the labels of the slowest models
-    axes.margins(y=0.12)
+    axes.margins(x=0.08, y=0.12)
     axes.set_xlabel("total training time (s, log scale; mean over seeds)")
     axes.set_ylabel("test NDCG@10 (mean ± sd over seeds)")
     axes.set_title(f"{header['dataset']}: accuracy against training time ({header['machine']['cpu_cores']} CPU cores"
                    + (f", {header['machine']['gpu']}" if header["machine"]["gpu"] else "") + ")", fontsize=9)
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # saved with bbox "tight"
+    return figure
