@@ -228,8 +228,8 @@ def markdown(header, rows, comparisons=None):
 
 
 def plot(header, rows, path):
-    """Draw :func:`accuracy_against_time` into ``path``; without matplotlib installed, no plot is drawn and the log
-    says so once."""
+    """Draw :func:`accuracy_against_time` into ``path``; without matplotlib installed, no plot is drawn and a line
+    says why, at each write of the leaderboard."""
     try:
         import matplotlib
     except ImportError:
